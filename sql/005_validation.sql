@@ -1,0 +1,11 @@
+-- validate_api_key(api_key text, scope text, provider text, model text) -> key_validation
+-- The hot path (src/validation_pg.rs). Never raises for a bad key, writes nothing.
+-- Not STRICT: a NULL key answers code 'missing'. Not SECURITY DEFINER: it reads the
+-- tables through their indexes directly, and EXECUTE on it is the gate.
+CREATE FUNCTION api_key_mgmt.validate_api_key(
+    api_key text,
+    scope text DEFAULT NULL,
+    provider text DEFAULT NULL,
+    model text DEFAULT NULL
+) RETURNS api_key_mgmt.key_validation
+    STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_validate_api_key';

@@ -1,0 +1,134 @@
+//! Direct index lookups on the extension's own tables, for the hot path.
+//!
+//! `validate_api_key` runs on every request; going through SPI would plan and start an
+//! executor for each lookup. Instead we open the table, probe its unique index with
+//! `systable_beginscan` under the caller's snapshot (so MVCC, READ ONLY transactions
+//! and hot standbys behave exactly as for a SELECT), copy the one matching tuple and
+//! deform it. Columns are found by name, so upgrade scripts may add columns freely.
+//!
+//! These lookups do not apply RLS or SELECT privileges: they are reached only through
+//! functions whose EXECUTE privilege is the gate.
+
+use pgrx::pg_sys;
+use std::ffi::CStr;
+
+pub const SCHEMA: &CStr = c"api_key_mgmt";
+
+/// A tuple copied out of a table, deformed into datums that live in the current memory
+/// context (the caller's per-call context).
+pub struct Row {
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+    names: Vec<String>,
+}
+
+impl Row {
+    /// Position of a column; a missing column means the extension's SQL and library do
+    /// not match, which is an internal error, never a validation code.
+    fn index(&self, name: &str) -> usize {
+        self.names.iter().position(|n| n == name).unwrap_or_else(|| {
+            pgrx::error!("api_key_mgmt: column \"{name}\" is missing; the extension's SQL and library versions differ")
+        })
+    }
+
+    /// The raw datum of a column, `None` for NULL.
+    pub fn datum(&self, name: &str) -> Option<pg_sys::Datum> {
+        let i = self.index(name);
+        (!self.nulls[i]).then(|| self.values[i])
+    }
+
+    /// A column converted by pgrx.
+    pub fn get<T: pgrx::FromDatum>(&self, name: &str) -> Option<T> {
+        let i = self.index(name);
+        unsafe { T::from_datum(self.values[i], self.nulls[i]) }
+    }
+}
+
+/// OID of `api_key_mgmt.<name>`, or an ERROR if the extension is not installed here.
+fn relation_oid(name: &CStr) -> pg_sys::Oid {
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true);
+        let oid = if nsp == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(name.as_ptr(), nsp)
+        };
+        if oid == pg_sys::InvalidOid {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "api_key_mgmt is not installed in this database",
+                "Run CREATE EXTENSION api_key_mgmt."
+            );
+        }
+        oid
+    }
+}
+
+/// Look up the single row of `api_key_mgmt.<table>` whose `column`, indexed by the
+/// unique single-column index `<index>`, equals `key` (compared with the btree equality
+/// function `eq_proc`).
+pub fn lookup_unique(
+    table: &CStr,
+    index: &CStr,
+    column: &str,
+    eq_proc: u32,
+    key: pg_sys::Datum,
+) -> Option<Row> {
+    let relid = relation_oid(table);
+    let indexid = relation_oid(index);
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        let tupdesc = (*rel).rd_att;
+        let natts = (*tupdesc).natts as usize;
+        let attrs = (*tupdesc).attrs.as_slice(natts);
+        // systable_beginscan wants the heap's attribute number and maps it to the index's.
+        let Some(attno) = attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == column)
+        else {
+            pgrx::error!("api_key_mgmt: column \"{column}\" is missing; the extension's SQL and library versions differ")
+        };
+        let mut skey = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut skey,
+            (attno + 1) as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(eq_proc),
+            key,
+        );
+        let scan = pg_sys::systable_beginscan(rel, indexid, true, snapshot, 1, &mut skey);
+        let found = pg_sys::systable_getnext(scan);
+        let row = if found.is_null() {
+            None
+        } else {
+            let copy = pg_sys::heap_copytuple(found);
+            let mut values = vec![pg_sys::Datum::from(0usize); natts];
+            let mut nulls = vec![true; natts];
+            pg_sys::heap_deform_tuple(copy, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let names = attrs
+                .iter()
+                .map(|a| {
+                    if a.attisdropped {
+                        String::new()
+                    } else {
+                        a.name().to_owned()
+                    }
+                })
+                .collect();
+            Some(Row {
+                values,
+                nulls,
+                names,
+            })
+        };
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        row
+    }
+}

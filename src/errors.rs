@@ -1,0 +1,35 @@
+//! Typed errors with their SQLSTATEs. A message never contains a key or a secret:
+//! callers pass only names, ids and limits.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// 22004 null_value_not_allowed
+    NullValue(&'static str),
+    /// 22023 invalid_parameter_value
+    InvalidParameter(String),
+}
+
+impl Error {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            Error::NullValue(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            Error::InvalidParameter(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Error::NullValue(what) => format!("{what} must not be NULL"),
+            Error::InvalidParameter(m) => m.clone(),
+        }
+    }
+
+    /// Raise as a Postgres ERROR (does not return).
+    pub fn raise(self) -> ! {
+        ErrorReport::new(self.sqlstate(), self.message(), "api_key_mgmt").report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}

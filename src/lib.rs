@@ -1,0 +1,58 @@
+//! api_key_mgmt: API keys, tenant secrets and metering inside PostgreSQL.
+//!
+//! Pure logic (no Postgres types, unit- and property-tested): [`keys`], [`scopes`],
+//! [`validation`]. The pgrx layer: [`catalog`] (direct index lookups),
+//! [`validation_pg`] (`validate_api_key`), [`keys_pg`] (helpers for the SQL in `sql/`),
+//! [`gucs`], [`errors`]. The schema, policies, grants and management functions are
+//! hand-written SQL in `sql/`, in the order given below.
+
+use pgrx::prelude::*;
+
+pub mod catalog;
+pub mod errors;
+pub mod gucs;
+pub mod keys;
+pub mod keys_pg;
+pub mod scopes;
+pub mod validation;
+pub mod validation_pg;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/001_schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../sql/002_internal.sql",
+    name = "internal",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/003_tables.sql",
+    name = "tables",
+    requires = ["internal"]
+);
+extension_sql_file!("../sql/004_keys.sql", name = "keys", requires = ["tables"]);
+extension_sql_file!(
+    "../sql/005_validation.sql",
+    name = "validation",
+    requires = ["keys"]
+);
+extension_sql_file!("../sql/099_grants.sql", name = "grants", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'api_key_mgmt'"]
+    }
+}

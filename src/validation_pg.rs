@@ -1,0 +1,194 @@
+//! `validate_api_key`: the SQL entry point of the hot path.
+//!
+//! ```sql
+//! validate_api_key(api_key text, scope text, provider text, model text) RETURNS key_validation
+//! ```
+//!
+//! Flow: bounds and shape of the key (no table read for a malformed or mistyped key) →
+//! SHA-256 → unique-index probe on `api_keys.key_hash` → probe of `tenants` by id →
+//! [`crate::validation::decide`] → one composite row. It never raises for a bad key
+//! (an ERROR would put the statement, key included, in the server log) and writes
+//! nothing, so it runs in READ ONLY transactions and on hot standbys.
+//!
+//! Written as a raw V1 function so that the result tuple is formed directly from the
+//! typcache's tuple descriptor, without per-call type lookups by name.
+
+use crate::catalog::{self, Row};
+use crate::keys::{self, Shape};
+use crate::validation::{self, Code, KeyFacts, Request, TenantFacts};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::IntoDatum;
+
+/// Output columns, in the order of type `api_key_mgmt.key_validation`.
+const N_OUT: usize = 9;
+const O_VALID: usize = 0;
+const O_CODE: usize = 1;
+const O_TENANT: usize = 2;
+const O_KEY: usize = 3;
+const O_ENV: usize = 4;
+const O_SCOPES: usize = 5;
+const O_EXPIRES: usize = 6;
+const O_GRACE: usize = 7;
+const O_METADATA: usize = 8;
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_akm_validate_api_key() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `validate_api_key(api_key text, scope text, provider text, model text) RETURNS key_validation`
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn akm_validate_api_key(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let mut out = Output::new();
+        validate_into(fcinfo, &mut out);
+        out.into_datum(fcinfo)
+    }
+}
+
+/// The result row being built; starts as all NULL.
+struct Output {
+    values: [pg_sys::Datum; N_OUT],
+    nulls: [bool; N_OUT],
+}
+
+impl Output {
+    fn new() -> Self {
+        Output {
+            values: [pg_sys::Datum::from(0usize); N_OUT],
+            nulls: [true; N_OUT],
+        }
+    }
+
+    fn set(&mut self, i: usize, d: Option<pg_sys::Datum>) {
+        if let Some(d) = d {
+            self.values[i] = d;
+            self.nulls[i] = false;
+        }
+    }
+
+    fn code(&mut self, code: Code) {
+        self.set(O_VALID, (code == Code::Ok).into_datum());
+        self.set(O_CODE, code.as_str().into_datum());
+    }
+
+    unsafe fn into_datum(mut self, fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+        unsafe {
+            let mut rettype = pg_sys::get_fn_expr_rettype((*fcinfo).flinfo);
+            if rettype == pg_sys::InvalidOid {
+                rettype = pg_sys::get_func_rettype((*(*fcinfo).flinfo).fn_oid);
+            }
+            let tupdesc = pg_sys::lookup_rowtype_tupdesc(rettype, -1);
+            if (*tupdesc).natts as usize != N_OUT {
+                pg_sys::DecrTupleDescRefCount(tupdesc);
+                pgrx::error!("api_key_mgmt: key_validation has an unexpected shape; the extension's SQL and library versions differ");
+            }
+            let tuple =
+                pg_sys::heap_form_tuple(tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
+            pg_sys::DecrTupleDescRefCount(tupdesc);
+            pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+        }
+    }
+}
+
+/// Fill `out` for the call's arguments. Never raises for anything about the key.
+unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
+    unsafe {
+        // Bound the key before detoasting it: a 1 GB argument costs nothing here.
+        let key_arg = pgrx::fcinfo::pg_get_nullable_datum(fcinfo, 0);
+        if key_arg.isnull {
+            return out.code(Code::Missing);
+        }
+        let raw_len = pg_sys::toast_raw_datum_size(key_arg.value) - pg_sys::VARHDRSZ;
+        if raw_len == 0 {
+            return out.code(Code::Missing);
+        }
+        if raw_len > keys::IMPORTED_MAX_LEN {
+            return out.code(Code::Malformed);
+        }
+        let key: &str = match pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0) {
+            Some(k) => k,
+            None => return out.code(Code::Missing),
+        };
+        let req = Request {
+            scope: pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 1),
+            provider: pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 2),
+            model: pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 3),
+        };
+        if let Some(code) = validation::check_request(&req) {
+            return out.code(code);
+        }
+        let shape = match keys::native_checksum_ok(key) {
+            Some(true) => Shape::Native,
+            Some(false) => Shape::BadChecksum,
+            None => {
+                let prefixes = crate::gucs::import_prefixes();
+                let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+                keys::classify(key, &prefixes)
+            }
+        };
+        match shape {
+            Shape::Native | Shape::Imported => {}
+            Shape::BadChecksum => return out.code(Code::BadChecksum),
+            Shape::Malformed => return out.code(Code::Malformed),
+        }
+
+        let hash = keys::hash(key);
+        let hash_datum = hash.as_slice().into_datum().expect("bytea datum");
+        let Some(key_row) = catalog::lookup_unique(
+            c"api_keys",
+            c"api_keys_key_hash_idx",
+            "key_hash",
+            pg_sys::F_BYTEAEQ,
+            hash_datum,
+        ) else {
+            return out.code(Code::NotFound);
+        };
+        let tenant_id = key_row.datum("tenant_id").expect("tenant_id is NOT NULL");
+        let tenant_row = catalog::lookup_unique(
+            c"tenants",
+            c"tenants_pkey",
+            "id",
+            pg_sys::F_UUID_EQ,
+            tenant_id,
+        )
+        .expect("foreign key guarantees the tenant");
+
+        let key_facts = key_facts(&key_row);
+        let tenant_facts = TenantFacts {
+            disabled: tenant_row.datum("disabled_at").is_some(),
+            allowed_scopes: tenant_row
+                .get::<Vec<String>>("allowed_scopes")
+                .unwrap_or_default(),
+        };
+        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        let code = validation::decide(&key_facts, &tenant_facts, &req, now);
+
+        out.code(code);
+        out.set(O_TENANT, Some(tenant_id));
+        out.set(O_KEY, key_row.datum("id"));
+        out.set(O_ENV, key_row.datum("environment"));
+        out.set(O_SCOPES, key_row.datum("scopes"));
+        out.set(O_EXPIRES, key_row.datum("expires_at"));
+        out.set(O_GRACE, key_row.datum("grace_until"));
+        out.set(O_METADATA, key_row.datum("metadata"));
+    }
+}
+
+fn key_facts(row: &Row) -> KeyFacts {
+    let ts = |name| row.datum(name).map(|d| d.value() as i64);
+    KeyFacts {
+        scopes: row.get::<Vec<String>>("scopes").unwrap_or_default(),
+        allowed_providers: row.get::<Vec<String>>("allowed_providers"),
+        allowed_models: row.get::<Vec<String>>("allowed_models"),
+        expires_at: ts("expires_at"),
+        revoked_at: ts("revoked_at"),
+        grace_until: ts("grace_until"),
+    }
+}
