@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# SQL regression tests: tests/pg_regress/sql/*.sql against tests/pg_regress/expected/*.out,
+# with PostgreSQL's pg_regress on a throwaway cluster (library preloaded).
+#
+# This is what `cargo pgrx regress` does; we call pg_regress ourselves because cargo-pgrx
+# 0.18.0 starts its regress server from $PGRX_HOME as the current user, ignoring
+# --runas/--pgdata, and Postgres refuses to run as root (as CI does).
+#
+#   tests/regress.sh              run; non-zero exit and a diff on any difference
+#   REGRESS_AUTO=1 tests/regress.sh   also promote the actual output to expected/
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+dir=${REGRESS_DIR:-/tmp/api_key_mgmt/regress}
+port=${REGRESS_PORT:-54340}
+out=$dir/out
+db=api_key_mgmt_regress
+pgxs=$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")
+pg_regress=$pgxs/../test/regress/pg_regress
+
+"$here/cluster.sh" stop "$dir"
+rm -rf "$dir"
+trap '"$here/cluster.sh" stop "$dir"' EXIT
+"$here/cluster.sh" start "$dir" "$port" "client_min_messages = warning" "lc_messages = 'C'"
+psql -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db"
+
+mkdir -p "$out"
+tests=(setup)
+for f in "$here"/pg_regress/sql/*.sql; do
+    name=$(basename "$f" .sql)
+    [ "$name" = setup ] || tests+=("$name")
+done
+
+if [ "${REGRESS_AUTO:-0}" = 1 ]; then
+    for t in "${tests[@]}"; do touch "$here/pg_regress/expected/$t.out"; done
+fi
+
+status=0
+(cd "$here/pg_regress" && env -u PGDATABASE -u PGHOST -u PGPORT -u PGUSER \
+    "$pg_regress" --host="$dir" --port="$port" --user=postgres --use-existing \
+    --dbname="$db" --inputdir="$here/pg_regress" --outputdir="$out" "${tests[@]}") || status=$?
+
+if [ "${REGRESS_AUTO:-0}" = 1 ]; then
+    for t in "${tests[@]}"; do cp "$out/results/$t.out" "$here/pg_regress/expected/$t.out"; done
+    echo "regress: promoted actual output to tests/pg_regress/expected/"
+elif [ "$status" != 0 ]; then
+    cat "$out/regression.diffs" 2>/dev/null || true
+fi
+exit "$status"
