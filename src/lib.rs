@@ -9,6 +9,7 @@
 use pgrx::prelude::*;
 
 pub mod catalog;
+pub mod crypto;
 pub mod errors;
 pub mod gucs;
 pub mod keys;
