@@ -14,17 +14,24 @@ COMMENT ON SCHEMA api_key_mgmt IS
 
 -- Roles are cluster-wide, so they are created only when missing and are not members
 -- of the extension (DROP EXTENSION leaves them).
+-- Two databases creating the extension at once may both find a role missing: the
+-- loser of that race finds it created and carries on.
 DO $roles$
+DECLARE
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_key_mgmt_admin') THEN
-        CREATE ROLE api_key_mgmt_admin NOLOGIN;
-        COMMENT ON ROLE api_key_mgmt_admin IS
-            'api_key_mgmt: platform administrators (tenants, keys of every tenant)';
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_key_mgmt_service') THEN
-        CREATE ROLE api_key_mgmt_service NOLOGIN;
-        COMMENT ON ROLE api_key_mgmt_service IS
-            'api_key_mgmt: backend services (validate keys)';
-    END IF;
+    FOR r IN SELECT * FROM (VALUES
+        ('api_key_mgmt_admin', 'api_key_mgmt: platform administrators (tenants, keys and secrets of every tenant)'),
+        ('api_key_mgmt_service', 'api_key_mgmt: backend services (validate keys, read secrets)')) AS v(name, note)
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r.name);
+                EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', r.name, r.note);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $roles$;

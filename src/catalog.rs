@@ -65,9 +65,16 @@ fn relation_oid(name: &CStr) -> pg_sys::Oid {
     }
 }
 
+/// One equality condition of an index probe: `column = value` (compared with the btree
+/// equality function `eq_proc`), or `column IS NULL` when `value` is `None`.
+pub struct Key<'a> {
+    pub column: &'a str,
+    pub value: Option<pg_sys::Datum>,
+    pub eq_proc: u32,
+}
+
 /// Look up the single row of `api_key_mgmt.<table>` whose `column`, indexed by the
-/// unique single-column index `<index>`, equals `key` (compared with the btree equality
-/// function `eq_proc`).
+/// unique single-column index `<index>`, equals `key`.
 pub fn lookup_unique(
     table: &CStr,
     index: &CStr,
@@ -75,6 +82,21 @@ pub fn lookup_unique(
     eq_proc: u32,
     key: pg_sys::Datum,
 ) -> Option<Row> {
+    lookup(
+        table,
+        index,
+        &[Key {
+            column,
+            value: Some(key),
+            eq_proc,
+        }],
+    )
+}
+
+/// Look up the first row of `api_key_mgmt.<table>` matching every key through the
+/// unique index `<index>`. Keys are given in the index's column order; text columns
+/// probed this way are declared `COLLATE "C"` (the scan keys' collation).
+pub fn lookup(table: &CStr, index: &CStr, keys: &[Key]) -> Option<Row> {
     let relid = relation_oid(table);
     let indexid = relation_oid(index);
     unsafe {
@@ -87,22 +109,44 @@ pub fn lookup_unique(
         let tupdesc = (*rel).rd_att;
         let natts = (*tupdesc).natts as usize;
         let attrs = (*tupdesc).attrs.as_slice(natts);
-        // systable_beginscan wants the heap's attribute number and maps it to the index's.
-        let Some(attno) = attrs
-            .iter()
-            .position(|a| !a.attisdropped && a.name() == column)
-        else {
-            pgrx::error!("api_key_mgmt: column \"{column}\" is missing; the extension's SQL and library versions differ")
-        };
-        let mut skey = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut skey,
-            (attno + 1) as pg_sys::AttrNumber,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(eq_proc),
-            key,
+        let mut skeys = vec![pg_sys::ScanKeyData::default(); keys.len()];
+        for (skey, key) in skeys.iter_mut().zip(keys) {
+            // systable_beginscan wants the heap's attribute number and maps it to the index's.
+            let Some(attno) = attrs
+                .iter()
+                .position(|a| !a.attisdropped && a.name() == key.column)
+            else {
+                pgrx::error!("api_key_mgmt: column \"{}\" is missing; the extension's SQL and library versions differ", key.column)
+            };
+            let attno = (attno + 1) as pg_sys::AttrNumber;
+            match key.value {
+                Some(value) => pg_sys::ScanKeyInit(
+                    skey,
+                    attno,
+                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::Oid::from(key.eq_proc),
+                    value,
+                ),
+                None => pg_sys::ScanKeyEntryInitialize(
+                    skey,
+                    (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
+                    attno,
+                    0 as pg_sys::StrategyNumber, /* InvalidStrategy */
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::Datum::from(0usize),
+                ),
+            }
+        }
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            indexid,
+            true,
+            snapshot,
+            skeys.len() as i32,
+            skeys.as_mut_ptr(),
         );
-        let scan = pg_sys::systable_beginscan(rel, indexid, true, snapshot, 1, &mut skey);
         let found = pg_sys::systable_getnext(scan);
         let row = if found.is_null() {
             None

@@ -14,7 +14,9 @@ pub mod errors;
 pub mod gucs;
 pub mod keys;
 pub mod keys_pg;
+pub mod result_row;
 pub mod scopes;
+pub mod secrets_pg;
 pub mod validation;
 pub mod validation_pg;
 
@@ -36,6 +38,11 @@ extension_sql_file!(
     "../sql/005_validation.sql",
     name = "validation",
     requires = ["keys"]
+);
+extension_sql_file!(
+    "../sql/006_secrets.sql",
+    name = "secrets",
+    requires = ["validation"]
 );
 extension_sql_file!("../sql/099_grants.sql", name = "grants", finalize);
 

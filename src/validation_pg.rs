@@ -15,6 +15,7 @@
 
 use crate::catalog::{self, Row};
 use crate::keys::{self, Shape};
+use crate::result_row::ResultRow;
 use crate::validation::{self, Code, KeyFacts, Request, TenantFacts};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -46,54 +47,18 @@ pub unsafe extern "C-unwind" fn akm_validate_api_key(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let mut out = Output::new();
+        let mut out = Output::default();
         validate_into(fcinfo, &mut out);
         out.into_datum(fcinfo)
     }
 }
 
-/// The result row being built; starts as all NULL.
-struct Output {
-    values: [pg_sys::Datum; N_OUT],
-    nulls: [bool; N_OUT],
-}
+type Output = ResultRow<N_OUT>;
 
-impl Output {
-    fn new() -> Self {
-        Output {
-            values: [pg_sys::Datum::from(0usize); N_OUT],
-            nulls: [true; N_OUT],
-        }
-    }
-
-    fn set(&mut self, i: usize, d: Option<pg_sys::Datum>) {
-        if let Some(d) = d {
-            self.values[i] = d;
-            self.nulls[i] = false;
-        }
-    }
-
+impl ResultRow<N_OUT> {
     fn code(&mut self, code: Code) {
         self.set(O_VALID, (code == Code::Ok).into_datum());
         self.set(O_CODE, code.as_str().into_datum());
-    }
-
-    unsafe fn into_datum(mut self, fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-        unsafe {
-            let mut rettype = pg_sys::get_fn_expr_rettype((*fcinfo).flinfo);
-            if rettype == pg_sys::InvalidOid {
-                rettype = pg_sys::get_func_rettype((*(*fcinfo).flinfo).fn_oid);
-            }
-            let tupdesc = pg_sys::lookup_rowtype_tupdesc(rettype, -1);
-            if (*tupdesc).natts as usize != N_OUT {
-                pg_sys::DecrTupleDescRefCount(tupdesc);
-                pgrx::error!("api_key_mgmt: key_validation has an unexpected shape; the extension's SQL and library versions differ");
-            }
-            let tuple =
-                pg_sys::heap_form_tuple(tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
-            pg_sys::DecrTupleDescRefCount(tupdesc);
-            pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
-        }
     }
 }
 

@@ -21,9 +21,22 @@ pg_regress=$pgxs/../test/regress/pg_regress
 rm -rf "$dir"
 trap '"$here/cluster.sh" stop "$dir"' EXIT
 "$here/cluster.sh" start "$dir" "$port" "client_min_messages = warning" "lc_messages = 'C'"
-psql -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db"
+psql -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" \
+    -c "ALTER DATABASE $db SET regress.keys = '$dir/keys'"
 
 mkdir -p "$out"
+# Master key files for 07_secrets (test keys, readable by the server only).
+keys=$dir/keys
+mkdir -p "$keys"
+k1=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
+k2=202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f
+echo "1 $k1" >"$keys/v1"
+printf '# both versions, 2 active\n1 %s\n2 %s active\n' "$k1" "$k2" >"$keys/v12"
+echo "2 $k2" >"$keys/v2"
+echo "1 $k2" >"$keys/wrong"
+echo "1 not-a-key" >"$keys/malformed"
+if [ "$(id -u)" = 0 ]; then chown -R postgres: "$keys"; fi
+chmod 600 "$keys"/*
 tests=(setup)
 for f in "$here"/pg_regress/sql/*.sql; do
     name=$(basename "$f" .sql)

@@ -35,7 +35,7 @@ SELECT r.rolname, p.oid::regprocedure AS function
  CROSS JOIN pg_roles r
  WHERE r.rolname IN ('api_key_mgmt_admin', 'api_key_mgmt_service')
    AND has_function_privilege(r.oid, p.oid, 'EXECUTE')
- ORDER BY 1, 2::text;
+ ORDER BY r.rolname, p.oid::regprocedure::text;
 
 -- An unprivileged role gets 42501 everywhere.
 CREATE ROLE regress_nobody;

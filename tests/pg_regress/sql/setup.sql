@@ -13,3 +13,8 @@ EXCEPTION WHEN others THEN
         '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
 END
 $$;
+-- use_keys(name): point api_key_mgmt.master_key_file at one of the test key files
+-- that tests/regress.sh wrote (v1, v12, v2, wrong, malformed, missing).
+CREATE FUNCTION regress.use_keys(name text) RETURNS void LANGUAGE sql AS $$
+    SELECT set_config('api_key_mgmt.master_key_file', current_setting('regress.keys') || '/' || name, false);
+$$;

@@ -1,0 +1,511 @@
+//! Tenant secrets, the pgrx layer over [`crate::crypto`]: the master key file cache,
+//! sealing and resealing for the plpgsql in `sql/006_secrets.sql`, and the read path
+//! behind `get_tenant_secret` / `resolve_provider_key`.
+//!
+//! The plaintext of a secret exists only inside these functions and in their result;
+//! no error or message here carries it, a key, or the key file's path.
+
+use crate::catalog::{self, Key, Row};
+use crate::crypto::{self, CryptoError, MasterKeys};
+use crate::result_row::ResultRow;
+use crate::scopes;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use zeroize::Zeroizing;
+
+fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    let mut report = pg_sys::panic::ErrorReport::new(code, message, "api_key_mgmt");
+    if !hint.is_empty() {
+        report = report.set_hint(hint);
+    }
+    report.report(pgrx::PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// The key file as last read by this backend, and which versions were checked against
+/// their recorded key-check values since.
+struct Keyring {
+    path: String,
+    stamp: (i64, i64, u64, u64),
+    keys: MasterKeys,
+    verified: HashSet<i32>,
+}
+
+thread_local! {
+    static KEYRING: RefCell<Option<Keyring>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with the master keys, reading the file again whenever its path, size,
+/// modification time or inode changed (so a rotation is seen by every backend).
+fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
+    let Some(path) = crate::gucs::master_key_file() else {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "no master key is configured: api_key_mgmt.master_key_file is not set".into(),
+            "A superuser sets it (postgresql.conf or ALTER SYSTEM) to a file readable only by the server's OS user.",
+        )
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            "the master key file named by api_key_mgmt.master_key_file does not exist".into(),
+            "",
+        ),
+        Err(_) => raise(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "the master key file named by api_key_mgmt.master_key_file cannot be read".into(),
+            "It must be readable by the server's OS user.",
+        ),
+    };
+    let stamp = (meta.mtime(), meta.mtime_nsec(), meta.len(), meta.ino());
+    KEYRING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let fresh = matches!(&*slot, Some(k) if k.path == path && k.stamp == stamp);
+        if !fresh {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => Zeroizing::new(t),
+                Err(_) => raise(
+                    PgSqlErrorCode::ERRCODE_IO_ERROR,
+                    "the master key file named by api_key_mgmt.master_key_file cannot be read"
+                        .into(),
+                    "It must be readable by the server's OS user.",
+                ),
+            };
+            let keys = match MasterKeys::parse(&text) {
+                Ok(k) => k,
+                Err(e) => raise(
+                    PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+                    format!("the master key file is malformed: {e}"),
+                    "Each line: <version> <64 hex characters or base64 of 32 bytes> [active].",
+                ),
+            };
+            *slot = Some(Keyring {
+                path,
+                stamp,
+                keys,
+                verified: HashSet::new(),
+            });
+        }
+        f(slot.as_mut().expect("just filled"))
+    })
+}
+
+/// The master key of `version`, checked once per file generation against the
+/// key-check value recorded in `master_key_versions`.
+fn master_key(ring: &mut Keyring, version: i32) -> crypto::MasterKey {
+    let Some(key) = ring.keys.get(version).cloned() else {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("master key version {version} is not in the master key file"),
+            "Secrets encrypted under a version stay readable only while that version is in the file.",
+        )
+    };
+    if !ring.verified.contains(&version) {
+        let recorded = catalog::lookup_unique(
+            c"master_key_versions",
+            c"master_key_versions_pkey",
+            "version",
+            pg_sys::F_INT4EQ,
+            version.into_datum().expect("int4 datum"),
+        )
+        .and_then(|row| row.get::<Vec<u8>>("key_check"));
+        match recorded {
+            None => raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("master key version {version} has no recorded key-check value"),
+                "rotate_master_key() records the active version.",
+            ),
+            Some(stored) if !crypto::ct_eq(&stored, &crypto::key_check_value(&key)) => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("master key version {version} in the key file is not the key recorded for that version"),
+                "api_key_mgmt.master_key_file names the wrong file, or the file was edited.",
+            ),
+            Some(_) => {
+                ring.verified.insert(version);
+            }
+        }
+    }
+    key
+}
+
+fn tenant_bytes(tenant: Option<Uuid>) -> Option<[u8; 16]> {
+    tenant.map(|t| *t.as_bytes())
+}
+
+/// Seal `plaintext` for a row under the active master key version.
+fn seal(
+    tenant: Option<Uuid>,
+    secret_id: Uuid,
+    provider: &str,
+    plaintext: &[u8],
+) -> (Vec<u8>, Vec<u8>, i32) {
+    with_keyring(|ring| {
+        let version = ring.keys.active_version();
+        let master = master_key(ring, version);
+        let t = tenant_bytes(tenant);
+        let dek = crypto::derive_data_key(&master, t.as_ref());
+        let aad = crypto::aad(t.as_ref(), secret_id.as_bytes(), provider, version);
+        match crypto::encrypt(&dek, plaintext, &aad) {
+            Ok(sealed) => (sealed.ciphertext, sealed.nonce.to_vec(), version),
+            Err(e) => crypto_error(e, secret_id),
+        }
+    })
+}
+
+fn crypto_error(e: CryptoError, secret_id: Uuid) -> ! {
+    match e {
+        CryptoError::PlaintextLength { .. } => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "secret must be 1 to 65536 bytes".into(),
+            "",
+        ),
+        CryptoError::Random => raise(
+            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+            "the operating system's random source failed".into(),
+            "",
+        ),
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "secret {secret_id} cannot be decrypted: its ciphertext, nonce or row do not match"
+            ),
+            "The stored ciphertext was altered or copied from another row or tenant.",
+        ),
+    }
+}
+
+/// A stored secret row, decrypted. The plaintext is wiped when dropped.
+fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
+    let id: Uuid = row.get("id").expect("id is NOT NULL");
+    let tenant: Option<Uuid> = row.get("tenant_id");
+    let provider: String = row.get("provider").expect("provider is NOT NULL");
+    let version: i32 = row.get("key_version").expect("key_version is NOT NULL");
+    let nonce: Vec<u8> = row.get("nonce").expect("nonce is NOT NULL");
+    let ciphertext: Vec<u8> = row.get("ciphertext").expect("ciphertext is NOT NULL");
+    with_keyring(|ring| {
+        let master = master_key(ring, version);
+        let t = tenant_bytes(tenant);
+        let dek = crypto::derive_data_key(&master, t.as_ref());
+        let aad = crypto::aad(t.as_ref(), id.as_bytes(), &provider, version);
+        match crypto::decrypt(&dek, &nonce, &ciphertext, &aad) {
+            Ok(p) => Zeroizing::new(p),
+            Err(e) => crypto_error(e, id),
+        }
+    })
+}
+
+/// `master_keys() RETURNS TABLE (version int, active bool, key_check bytea)`
+#[pg_extern(sql = false)]
+fn master_keys() -> TableIterator<
+    'static,
+    (
+        name!(version, i32),
+        name!(active, bool),
+        name!(key_check, Vec<u8>),
+    ),
+> {
+    let rows = with_keyring(|ring| {
+        let active = ring.keys.active_version();
+        ring.keys
+            .versions()
+            .into_iter()
+            .map(|v| {
+                let key = ring.keys.get(v).expect("listed version");
+                (v, v == active, crypto::key_check_value(key).to_vec())
+            })
+            .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+/// `seal_secret(tenant_id uuid, secret_id uuid, provider text, secret text) RETURNS TABLE (ciphertext bytea, nonce bytea, key_version int)`
+#[pg_extern(sql = false)]
+fn seal_secret(
+    tenant_id: Option<Uuid>,
+    secret_id: Uuid,
+    provider: &str,
+    secret: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(ciphertext, Vec<u8>),
+        name!(nonce, Vec<u8>),
+        name!(key_version, i32),
+    ),
+> {
+    TableIterator::once(seal(tenant_id, secret_id, provider, secret.as_bytes()))
+}
+
+/// `reseal_secret(secret_id uuid) RETURNS TABLE (ciphertext bytea, nonce bytea, key_version int)`
+#[pg_extern(sql = false)]
+fn reseal_secret(
+    secret_id: Uuid,
+) -> TableIterator<
+    'static,
+    (
+        name!(ciphertext, Vec<u8>),
+        name!(nonce, Vec<u8>),
+        name!(key_version, i32),
+    ),
+> {
+    let Some(row) = catalog::lookup_unique(
+        c"tenant_secrets",
+        c"tenant_secrets_pkey",
+        "id",
+        pg_sys::F_UUID_EQ,
+        secret_id.into_datum().expect("uuid datum"),
+    ) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("secret {secret_id} does not exist"),
+            "",
+        )
+    };
+    let plaintext = open_row(&row);
+    let tenant: Option<Uuid> = row.get("tenant_id");
+    let provider: String = row.get("provider").expect("provider is NOT NULL");
+    TableIterator::once(seal(tenant, secret_id, &provider, &plaintext))
+}
+
+/// `secret_preview(secret text) RETURNS text`
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn secret_preview(secret: &str) -> String {
+    crypto::preview(secret)
+}
+
+/// Where a resolved secret came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Model,
+    Tenant,
+    Platform,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Model => "model",
+            Source::Tenant => "tenant",
+            Source::Platform => "platform",
+        }
+    }
+}
+
+struct Resolved {
+    row: Row,
+    source: Source,
+    plaintext: Zeroizing<Vec<u8>>,
+}
+
+/// The resolution order: the tenant's secret for the model, the tenant's for the
+/// provider, the platform's for the model, the platform's for the provider.
+fn candidates(
+    tenant: Option<Uuid>,
+    model: Option<&str>,
+) -> Vec<(Option<Uuid>, Option<&str>, Source)> {
+    let mut out = Vec::with_capacity(4);
+    if let Some(t) = tenant {
+        if let Some(m) = model {
+            out.push((Some(t), Some(m), Source::Model));
+        }
+        out.push((Some(t), None, Source::Tenant));
+    }
+    if let Some(m) = model {
+        out.push((None, Some(m), Source::Platform));
+    }
+    out.push((None, None, Source::Platform));
+    out
+}
+
+/// Shared by `get_tenant_secret` and `resolve_provider_key`.
+fn resolve(
+    tenant: Option<Uuid>,
+    provider: Option<&str>,
+    scope: Option<&str>,
+    model: Option<&str>,
+    environment: Option<&str>,
+) -> Option<Resolved> {
+    let Some(provider) = provider else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "provider must not be NULL".into(),
+            "",
+        )
+    };
+    let Some(scope) = scope else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "scope must not be NULL".into(),
+            "",
+        )
+    };
+    if !scopes::is_concrete(scope) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("scope \"{scope}\" is invalid: ask for one area:action"),
+            "",
+        );
+    }
+    let environment = match environment {
+        Some(e @ ("dev" | "staging" | "prod")) => e,
+        Some(_) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "environment must be 'dev', 'staging' or 'prod'".into(),
+            "",
+        ),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "environment must not be NULL".into(),
+            "",
+        ),
+    };
+    let provider_datum = provider.into_datum();
+    let env_datum = environment.into_datum();
+    for (t, m, source) in candidates(tenant, model) {
+        let keys = [
+            Key {
+                column: "provider",
+                value: provider_datum,
+                eq_proc: pg_sys::F_TEXTEQ,
+            },
+            Key {
+                column: "environment",
+                value: env_datum,
+                eq_proc: pg_sys::F_TEXTEQ,
+            },
+            Key {
+                column: "tenant_id",
+                value: t.and_then(IntoDatum::into_datum),
+                eq_proc: pg_sys::F_UUID_EQ,
+            },
+            Key {
+                column: "model",
+                value: m.and_then(IntoDatum::into_datum),
+                eq_proc: pg_sys::F_TEXTEQ,
+            },
+        ];
+        let Some(row) = catalog::lookup(c"tenant_secrets", c"tenant_secrets_one_per_slot", &keys)
+        else {
+            continue;
+        };
+        let allowed: Vec<String> = row.get("scopes").unwrap_or_default();
+        if !scopes::any_covers(&allowed, scope) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "the {provider} secret found ({}) is not allowed for scope \"{scope}\"",
+                    source.as_str()
+                ),
+                "The secret's scopes list what it may be used for.",
+            );
+        }
+        let plaintext = open_row(&row);
+        return Some(Resolved {
+            row,
+            source,
+            plaintext,
+        });
+    }
+    None
+}
+
+/// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`
+#[pg_extern(sql = false)]
+fn akm_get_tenant_secret(
+    tenant_id: Option<Uuid>,
+    provider: Option<&str>,
+    scope: Option<&str>,
+    model: Option<&str>,
+    environment: Option<&str>,
+) -> Option<String> {
+    let resolved = resolve(tenant_id, provider, scope, model, environment)?;
+    match std::str::from_utf8(&resolved.plaintext) {
+        Ok(s) => Some(s.to_owned()),
+        Err(_) => raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            "a stored secret is not valid UTF-8".into(),
+            "",
+        ),
+    }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_akm_resolve_provider_key() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `resolve_provider_key(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS provider_key`
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn akm_resolve_provider_key(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        use pgrx::fcinfo::pg_getarg;
+        let resolved = resolve(
+            pg_getarg::<Uuid>(fcinfo, 0),
+            pg_getarg::<&str>(fcinfo, 1),
+            pg_getarg::<&str>(fcinfo, 2),
+            pg_getarg::<&str>(fcinfo, 3),
+            pg_getarg::<&str>(fcinfo, 4),
+        );
+        let mut out = ResultRow::<7>::default();
+        if let Some(r) = resolved {
+            let Ok(secret) = std::str::from_utf8(&r.plaintext) else {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    "a stored secret is not valid UTF-8".into(),
+                    "",
+                )
+            };
+            out.set(0, secret.into_datum());
+            out.set(1, r.source.as_str().into_datum());
+            out.set(2, r.row.datum("id"));
+            out.set(3, r.row.datum("tenant_id"));
+            out.set(4, r.row.datum("provider"));
+            out.set(5, r.row.datum("model"));
+            out.set(6, r.row.datum("environment"));
+        }
+        out.into_datum(fcinfo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_order() {
+        let t = Uuid::from_bytes([7; 16]);
+        let order = |t, m| {
+            candidates(t, m)
+                .into_iter()
+                .map(|(t, m, s)| (t.is_some(), m.is_some(), s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            order(Some(t), Some("gpt-4o")),
+            vec![
+                (true, true, Source::Model),
+                (true, false, Source::Tenant),
+                (false, true, Source::Platform),
+                (false, false, Source::Platform),
+            ]
+        );
+        assert_eq!(
+            order(Some(t), None),
+            vec![
+                (true, false, Source::Tenant),
+                (false, false, Source::Platform)
+            ]
+        );
+        assert_eq!(order(None, None), vec![(false, false, Source::Platform)]);
+    }
+}
