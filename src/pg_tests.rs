@@ -157,4 +157,77 @@ mod tests {
         .unwrap();
         assert_eq!(code(&key, Some("agents:x")), "ok");
     }
+
+    /// A key file written by the backend itself (it runs as the server's OS user).
+    fn key_file(name: &str, content: &str) -> String {
+        let path = format!(
+            "{}/akm-pgtest-{}-{name}",
+            std::env::temp_dir().display(),
+            std::process::id()
+        );
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const K2: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0ff0e1d2c3b4a5968778695a4b3c2d1e0f";
+
+    /// Seal through the SQL API, open through the read path; the stored bytes are the
+    /// pure module's AES-256-GCM under the tenant's derived key and the row's AAD.
+    #[pg_test]
+    fn secret_round_trip_matches_the_pure_module() {
+        let path = key_file("rt", &format!("1 {K1}\n"));
+        Spi::run(&format!(
+            "SET LOCAL api_key_mgmt.master_key_file = '{path}'"
+        ))
+        .unwrap();
+        let t = tenant("{*}");
+        let id = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT api_key_mgmt.put_tenant_secret($1, 'huggingface', $2)",
+            &[
+                DatumWithOid::from(t),
+                DatumWithOid::from("hf_abcdefghijklmnopqrstuvwxyz"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        let (nonce, ct) = Spi::get_two_with_args::<Vec<u8>, Vec<u8>>(
+            "SELECT nonce, ciphertext FROM api_key_mgmt.tenant_secrets WHERE id = $1",
+            &[DatumWithOid::from(id)],
+        )
+        .unwrap();
+        let keys = crate::crypto::MasterKeys::parse(&format!("1 {K1}\n")).unwrap();
+        let dek = crate::crypto::derive_data_key(keys.get(1).unwrap(), Some(t.as_bytes()));
+        let aad = crate::crypto::aad(Some(t.as_bytes()), id.as_bytes(), "huggingface", 1);
+        let plain = crate::crypto::decrypt(&dek, &nonce.unwrap(), &ct.unwrap(), &aad).unwrap();
+        assert_eq!(plain, b"hf_abcdefghijklmnopqrstuvwxyz");
+        let got = Spi::get_one_with_args::<String>(
+            "SELECT api_key_mgmt.get_tenant_secret($1, 'huggingface', 'agents:x')",
+            &[DatumWithOid::from(t)],
+        )
+        .unwrap();
+        assert_eq!(got.as_deref(), Some("hf_abcdefghijklmnopqrstuvwxyz"));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// Rewriting the key file in place is seen by the running backend at once.
+    #[pg_test]
+    fn key_file_is_reread_when_it_changes() {
+        let path = key_file("reload", &format!("1 {K1}\n"));
+        Spi::run(&format!(
+            "SET LOCAL api_key_mgmt.master_key_file = '{path}'"
+        ))
+        .unwrap();
+        let v = Spi::get_one::<i32>("SELECT api_key_mgmt.rotate_master_key()").unwrap();
+        assert_eq!(v, Some(1));
+        std::fs::write(&path, format!("1 {K1}\n2 {K2} active\n")).unwrap();
+        let v = Spi::get_one::<i32>("SELECT api_key_mgmt.rotate_master_key()").unwrap();
+        assert_eq!(v, Some(2));
+        let active = Spi::get_one::<i32>(
+            "SELECT version FROM api_key_mgmt_internal.master_keys() WHERE active",
+        )
+        .unwrap();
+        assert_eq!(active, Some(2));
+        std::fs::remove_file(path).unwrap();
+    }
 }
