@@ -90,6 +90,7 @@ test-integration:
 ## bench: pgbench, floor and extension side by side, printed as ratios.
 bench: install
 	benches/run.sh
+	benches/metering.sh   # metering: charge and rate-limited validate vs floors (issue 4)
 
 fmt:
 	cargo fmt

@@ -22,7 +22,8 @@ DECLARE
 BEGIN
     FOR r IN SELECT * FROM (VALUES
         ('api_key_mgmt_admin', 'api_key_mgmt: platform administrators (tenants, keys and secrets of every tenant)'),
-        ('api_key_mgmt_service', 'api_key_mgmt: backend services (validate keys, read secrets)')) AS v(name, note)
+        ('api_key_mgmt_service', 'api_key_mgmt: backend services (validate keys, read secrets)'),
+        ('api_key_mgmt_user', 'api_key_mgmt: tenant users (members, through PostgREST or an app server)')) AS v(name, note)
     LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
             BEGIN

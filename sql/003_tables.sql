@@ -94,7 +94,14 @@ CREATE TYPE api_key_mgmt.key_validation AS (
     scopes       text[],
     expires_at   timestamptz,
     grace_until  timestamptz,
-    metadata     jsonb
+    metadata     jsonb,
+    -- Metering (sql/007_metering.sql): what the key and its tenant have left (NULL: no
+    -- cap / no credits / no rate limit), and when a metering refusal lifts.
+    remaining_daily      numeric,
+    remaining_monthly    numeric,
+    remaining_credits    numeric,
+    rate_limit_remaining bigint,
+    retry_after          interval
 );
 
 ALTER TABLE api_key_mgmt.tenants ENABLE ROW LEVEL SECURITY;

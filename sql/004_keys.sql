@@ -7,25 +7,11 @@
 -- key: 22004 NULL where a value is required, 22023 a bad value, 42704 no such tenant
 -- or key, 55000 the object's state forbids it, 23505 a duplicate.
 
--- actor() -> text: who is acting, for created_by: the JWT sub, the setting
--- api_key_mgmt.user_id, or the session user.
+-- actor() -> text: who is acting, for created_by and the audit log: the JWT sub, the
+-- setting api_key_mgmt.user_id, or the database role.
 CREATE FUNCTION api_key_mgmt_internal.actor() RETURNS text
-    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_claims text := pg_catalog.current_setting('request.jwt.claims', true);
-    v_sub text;
-BEGIN
-    IF v_claims IS NOT NULL AND v_claims <> '' THEN
-        BEGIN
-            v_sub := v_claims::jsonb ->> 'sub';
-        EXCEPTION WHEN others THEN
-            v_sub := NULL;  -- malformed claims name nobody
-        END;
-    END IF;
-    RETURN COALESCE(NULLIF(v_sub, ''),
-                    NULLIF(pg_catalog.current_setting('api_key_mgmt.user_id', true), ''),
-                    session_user::text);
-END
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(api_key_mgmt.current_user_id(), api_key_mgmt_internal.invoker_name());
 $$;
 
 -- check_text(what, value, max_len): 22004 for NULL, 22023 for empty or too long.
@@ -156,6 +142,18 @@ BEGIN
 END
 $$;
 
+-- authorize_key(key): 42501 unless the caller administers the key's tenant, or is a
+-- member acting on a key it created itself.
+CREATE FUNCTION api_key_mgmt_internal.authorize_key(v api_key_mgmt.api_keys) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF api_key_mgmt_internal.authorize(v.tenant_id, 'member') = 'member'
+       AND v.created_by IS DISTINCT FROM api_key_mgmt_internal.actor() THEN
+        RAISE EXCEPTION 'members may manage only the keys they created' USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
 -- create_tenant(name, allowed_scopes, external_id, key_type_prefix, max_key_age, settings) -> uuid
 CREATE FUNCTION api_key_mgmt.create_tenant(
     name text,
@@ -169,6 +167,7 @@ CREATE FUNCTION api_key_mgmt.create_tenant(
 DECLARE
     v_id uuid;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
     PERFORM api_key_mgmt_internal.check_text('name', create_tenant.name, 200);
     PERFORM api_key_mgmt_internal.check_scopes('allowed_scopes', create_tenant.allowed_scopes, NULL);
     IF create_tenant.external_id IS NOT NULL THEN
@@ -191,6 +190,9 @@ BEGIN
         RAISE EXCEPTION 'a tenant with external_id "%" already exists', create_tenant.external_id
             USING ERRCODE = '23505';
     END;
+    PERFORM api_key_mgmt_internal.audit(v_id, 'tenant.created', 'tenant', v_id::text,
+        pg_catalog.jsonb_build_object('name', create_tenant.name, 'external_id', create_tenant.external_id,
+                                      'allowed_scopes', create_tenant.allowed_scopes));
     RETURN v_id;
 END
 $$;
@@ -204,6 +206,7 @@ DECLARE
     v api_key_mgmt.tenants;
     v_field text;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
     PERFORM api_key_mgmt_internal.check_object('changes', changes);
     SELECT f INTO v_field FROM pg_catalog.jsonb_object_keys(changes) AS f
      WHERE f NOT IN ('name', 'external_id', 'allowed_scopes', 'key_type_prefix', 'max_key_age', 'settings')
@@ -253,6 +256,8 @@ BEGIN
         RAISE EXCEPTION 'a tenant with external_id "%" already exists', v.external_id
             USING ERRCODE = '23505';
     END;
+    PERFORM api_key_mgmt_internal.audit(v.id, 'tenant.updated', 'tenant', v.id::text,
+        pg_catalog.jsonb_build_object('fields', (SELECT pg_catalog.jsonb_agg(k ORDER BY k) FROM pg_catalog.jsonb_object_keys(changes) k)));
 END
 $$;
 
@@ -276,12 +281,15 @@ $$;
 CREATE FUNCTION api_key_mgmt.disable_tenant(tenant_id uuid) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v api_key_mgmt.tenants := api_key_mgmt_internal.tenant_row(disable_tenant.tenant_id, false);
+    v api_key_mgmt.tenants;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
+    v := api_key_mgmt_internal.tenant_row(disable_tenant.tenant_id, false);
     IF v.disabled_at IS NOT NULL THEN
         RETURN false;
     END IF;
     UPDATE api_key_mgmt.tenants t SET disabled_at = pg_catalog.now() WHERE t.id = v.id;
+    PERFORM api_key_mgmt_internal.audit(v.id, 'tenant.disabled', 'tenant', v.id::text);
     RETURN true;
 END
 $$;
@@ -290,12 +298,15 @@ $$;
 CREATE FUNCTION api_key_mgmt.enable_tenant(tenant_id uuid) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v api_key_mgmt.tenants := api_key_mgmt_internal.tenant_row(enable_tenant.tenant_id, false);
+    v api_key_mgmt.tenants;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
+    v := api_key_mgmt_internal.tenant_row(enable_tenant.tenant_id, false);
     IF v.disabled_at IS NULL THEN
         RETURN false;
     END IF;
     UPDATE api_key_mgmt.tenants t SET disabled_at = NULL WHERE t.id = v.id;
+    PERFORM api_key_mgmt_internal.audit(v.id, 'tenant.enabled', 'tenant', v.id::text);
     RETURN true;
 END
 $$;
@@ -316,9 +327,11 @@ CREATE FUNCTION api_key_mgmt.issue_api_key(
 ) RETURNS TABLE (key_id uuid, api_key text, display_prefix text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_tenant api_key_mgmt.tenants := api_key_mgmt_internal.tenant_row(issue_api_key.tenant_id, true);
+    v_tenant api_key_mgmt.tenants;
     v_new record;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(issue_api_key.tenant_id, 'member');
+    v_tenant := api_key_mgmt_internal.tenant_row(issue_api_key.tenant_id, true);
     PERFORM api_key_mgmt_internal.check_text('name', issue_api_key.name, 200);
     PERFORM api_key_mgmt_internal.check_scopes('scopes', issue_api_key.scopes, v_tenant.allowed_scopes);
     PERFORM api_key_mgmt_internal.check_allowlists(issue_api_key.allowed_providers, issue_api_key.allowed_models);
@@ -336,6 +349,10 @@ BEGIN
             issue_api_key.allowed_models, issue_api_key.expires_at, issue_api_key.metadata,
             COALESCE(issue_api_key.created_by, api_key_mgmt_internal.actor()))
     RETURNING k.id INTO issue_api_key.key_id;
+    PERFORM api_key_mgmt_internal.audit(v_tenant.id, 'key.issued', 'api_key', issue_api_key.key_id::text,
+        pg_catalog.jsonb_build_object('name', issue_api_key.name, 'scopes', issue_api_key.scopes,
+            'environment', issue_api_key.environment, 'display_prefix', v_new.display_prefix,
+            'expires_at', issue_api_key.expires_at));
     issue_api_key.api_key := v_new.api_key;
     issue_api_key.display_prefix := v_new.display_prefix;
     RETURN NEXT;
@@ -361,11 +378,13 @@ CREATE FUNCTION api_key_mgmt.import_api_key(
 ) RETURNS TABLE (key_id uuid, display_prefix text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_tenant api_key_mgmt.tenants := api_key_mgmt_internal.tenant_row(import_api_key.tenant_id, true);
+    v_tenant api_key_mgmt.tenants;
     v_shape text;
     v_env text := import_api_key.environment;
     v_hash bytea;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(import_api_key.tenant_id, 'admin');
+    v_tenant := api_key_mgmt_internal.tenant_row(import_api_key.tenant_id, true);
     IF import_api_key.existing_key IS NULL THEN
         RAISE EXCEPTION 'existing_key must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -410,6 +429,9 @@ BEGIN
         -- A concurrent import of the same key; the index's detail would show the hash.
         RAISE EXCEPTION 'this key is already registered' USING ERRCODE = '23505';
     END;
+    PERFORM api_key_mgmt_internal.audit(v_tenant.id, 'key.imported', 'api_key', import_api_key.key_id::text,
+        pg_catalog.jsonb_build_object('name', import_api_key.name, 'scopes', import_api_key.scopes,
+            'environment', v_env, 'display_prefix', import_api_key.display_prefix));
     RETURN NEXT;
 END
 $$;
@@ -421,6 +443,7 @@ CREATE FUNCTION api_key_mgmt.revoke_api_key(key_id uuid, reason text DEFAULT NUL
 DECLARE
     v api_key_mgmt.api_keys := api_key_mgmt_internal.key_row(revoke_api_key.key_id);
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize_key(v);
     IF pg_catalog.char_length(revoke_api_key.reason) > 500 THEN
         RAISE EXCEPTION 'reason must be at most 500 characters' USING ERRCODE = '22023';
     END IF;
@@ -430,6 +453,8 @@ BEGIN
     UPDATE api_key_mgmt.api_keys k
        SET revoked_at = pg_catalog.now(), revoke_reason = revoke_api_key.reason
      WHERE k.id = v.id;
+    PERFORM api_key_mgmt_internal.audit(v.tenant_id, 'key.revoked', 'api_key', v.id::text,
+        pg_catalog.jsonb_build_object('reason', revoke_api_key.reason));
     RETURN true;
 END
 $$;
@@ -443,10 +468,12 @@ CREATE FUNCTION api_key_mgmt.rotate_api_key(key_id uuid, grace interval DEFAULT 
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_old api_key_mgmt.api_keys := api_key_mgmt_internal.key_row(rotate_api_key.key_id);
-    v_tenant api_key_mgmt.tenants := api_key_mgmt_internal.tenant_row(v_old.tenant_id, true);
+    v_tenant api_key_mgmt.tenants;
     v_new record;
     v_grace_until timestamptz;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize_key(v_old);
+    v_tenant := api_key_mgmt_internal.tenant_row(v_old.tenant_id, true);
     IF rotate_api_key.grace IS NULL THEN
         RAISE EXCEPTION 'grace must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -477,6 +504,9 @@ BEGIN
     rotate_api_key.api_key := v_new.api_key;
     rotate_api_key.display_prefix := v_new.display_prefix;
     rotate_api_key.old_key_valid_until := LEAST(v_grace_until, v_old.expires_at);
+    PERFORM api_key_mgmt_internal.audit(v_old.tenant_id, 'key.rotated', 'api_key', v_old.id::text,
+        pg_catalog.jsonb_build_object('new_key_id', rotate_api_key.new_key_id, 'grace', rotate_api_key.grace,
+                                      'display_prefix', v_new.display_prefix));
     RETURN NEXT;
 END
 $$;
@@ -500,6 +530,7 @@ BEGIN
             HINT = 'Fields: name, scopes, allowed_providers, allowed_models, expires_at, metadata.';
     END IF;
     v := api_key_mgmt_internal.key_row(update_api_key.key_id);
+    PERFORM api_key_mgmt_internal.authorize_key(v);
     IF v.revoked_at IS NOT NULL THEN
         RAISE EXCEPTION 'API key % is revoked and cannot be changed', v.id USING ERRCODE = '55000';
     END IF;
@@ -531,6 +562,8 @@ BEGIN
        SET name = v.name, scopes = v.scopes, allowed_providers = v.allowed_providers,
            allowed_models = v.allowed_models, expires_at = v.expires_at, metadata = v.metadata
      WHERE k.id = v.id;
+    PERFORM api_key_mgmt_internal.audit(v.tenant_id, 'key.updated', 'api_key', v.id::text,
+        pg_catalog.jsonb_build_object('fields', (SELECT pg_catalog.jsonb_agg(k ORDER BY k) FROM pg_catalog.jsonb_object_keys(changes) k)));
 END
 $$;
 

@@ -221,6 +221,7 @@ $$;
 CREATE FUNCTION api_key_mgmt.register_provider(id text, display_name text, key_pattern text DEFAULT NULL)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
     IF register_provider.id IS NULL OR register_provider.id !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'provider id must be 1 to 63 characters: lower-case letters, digits, _ . -'
             USING ERRCODE = '22023';
@@ -241,6 +242,9 @@ BEGIN
     VALUES (register_provider.id, register_provider.display_name, register_provider.key_pattern)
     ON CONFLICT ON CONSTRAINT providers_pkey DO UPDATE
         SET display_name = EXCLUDED.display_name, key_pattern = EXCLUDED.key_pattern;
+    PERFORM api_key_mgmt_internal.audit(NULL, 'provider.registered', 'provider', register_provider.id,
+        pg_catalog.jsonb_build_object('display_name', register_provider.display_name,
+                                      'key_pattern', register_provider.key_pattern));
 END
 $$;
 
@@ -262,6 +266,7 @@ DECLARE
     v_id uuid;
     v_sealed record;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(put_tenant_secret.tenant_id, 'admin');
     IF put_tenant_secret.tenant_id IS NOT NULL THEN
         PERFORM api_key_mgmt_internal.tenant_row(put_tenant_secret.tenant_id, true);
     END IF;
@@ -296,6 +301,9 @@ BEGIN
                     put_tenant_secret.scopes, put_tenant_secret.environment, v_sealed.ciphertext,
                     v_sealed.nonce, v_sealed.key_version,
                     api_key_mgmt_internal.secret_preview(put_tenant_secret.secret));
+            PERFORM api_key_mgmt_internal.audit(put_tenant_secret.tenant_id, 'secret.created', 'secret', v_id::text,
+                pg_catalog.jsonb_build_object('provider', put_tenant_secret.provider, 'model', put_tenant_secret.model,
+                                              'environment', put_tenant_secret.environment));
             RETURN v_id;
         EXCEPTION WHEN unique_violation THEN
             -- A concurrent put created the slot first: replace its secret instead.
@@ -316,6 +324,9 @@ BEGIN
            preview = api_key_mgmt_internal.secret_preview(put_tenant_secret.secret),
            validation_status = 'unknown', validation_message = NULL, validated_at = NULL
      WHERE s.id = v_id;
+    PERFORM api_key_mgmt_internal.audit(put_tenant_secret.tenant_id, 'secret.updated', 'secret', v_id::text,
+        pg_catalog.jsonb_build_object('provider', put_tenant_secret.provider, 'model', put_tenant_secret.model,
+                                      'environment', put_tenant_secret.environment));
     RETURN v_id;
 END
 $$;
@@ -323,7 +334,8 @@ $$;
 -- get_tenant_secret(tenant_id, provider, scope, model, environment) -> text
 -- Resolution: the tenant's secret for the model, the tenant's secret for the
 -- provider, the platform's for the model, the platform's for the provider; NULL when
--- none exists. 42501 when the secret found does not allow the scope.
+-- none exists. 42501 when the secret found does not allow the scope. Each read appends
+-- a secret.decrypted audit entry (see api_key_mgmt.audit_secret_reads).
 CREATE FUNCTION api_key_mgmt.get_tenant_secret(
     tenant_id uuid,
     provider text,
@@ -331,7 +343,7 @@ CREATE FUNCTION api_key_mgmt.get_tenant_secret(
     model text DEFAULT NULL,
     environment text DEFAULT 'prod'
 ) RETURNS text
-    STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'akm_get_tenant_secret_wrapper';
 
 -- resolve_provider_key(tenant_id, provider, scope, model, environment) -> provider_key
@@ -344,7 +356,7 @@ CREATE FUNCTION api_key_mgmt.resolve_provider_key(
     model text DEFAULT NULL,
     environment text DEFAULT 'prod'
 ) RETURNS api_key_mgmt.provider_key
-    STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'akm_resolve_provider_key';
 
 -- tenant_secret_list: every secret's metadata and preview; never the ciphertext.
@@ -359,10 +371,13 @@ SELECT s.id AS secret_id, s.tenant_id, s.provider, s.model, s.name, s.scopes, s.
 -- platform defaults), previews and metadata only.
 CREATE FUNCTION api_key_mgmt.list_tenant_secrets(tenant_id uuid)
     RETURNS SETOF api_key_mgmt.tenant_secret_list
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM api_key_mgmt.tenant_secret_list l
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM api_key_mgmt_internal.authorize(list_tenant_secrets.tenant_id, 'admin');
+    RETURN QUERY SELECT * FROM api_key_mgmt.tenant_secret_list l
      WHERE l.tenant_id IS NOT DISTINCT FROM list_tenant_secrets.tenant_id
      ORDER BY l.provider, l.model NULLS FIRST, l.environment;
+END
 $$;
 
 -- delete_tenant_secret(tenant_id, provider, model, environment) -> boolean
@@ -373,7 +388,10 @@ CREATE FUNCTION api_key_mgmt.delete_tenant_secret(
     environment text DEFAULT 'prod'
 ) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id uuid;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(delete_tenant_secret.tenant_id, 'admin');
     IF delete_tenant_secret.provider IS NULL THEN
         RAISE EXCEPTION 'provider must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -381,8 +399,30 @@ BEGIN
     DELETE FROM api_key_mgmt.tenant_secrets s
      WHERE s.provider = delete_tenant_secret.provider AND s.environment = delete_tenant_secret.environment
        AND s.tenant_id IS NOT DISTINCT FROM delete_tenant_secret.tenant_id
-       AND s.model IS NOT DISTINCT FROM delete_tenant_secret.model;
-    RETURN FOUND;
+       AND s.model IS NOT DISTINCT FROM delete_tenant_secret.model
+    RETURNING s.id INTO v_id;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM api_key_mgmt_internal.audit(delete_tenant_secret.tenant_id, 'secret.deleted', 'secret', v_id::text,
+        pg_catalog.jsonb_build_object('provider', delete_tenant_secret.provider, 'model', delete_tenant_secret.model,
+                                      'environment', delete_tenant_secret.environment));
+    RETURN true;
+END
+$$;
+
+-- authorize_secret(secret_id): 42704 no such secret, 42501 unless the caller
+-- administers its tenant (platform administrators for platform defaults).
+CREATE FUNCTION api_key_mgmt_internal.authorize_secret(p_secret_id uuid) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_tenant uuid;
+BEGIN
+    SELECT s.tenant_id INTO v_tenant FROM api_key_mgmt.tenant_secrets s WHERE s.id = p_secret_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'secret % does not exist', p_secret_id USING ERRCODE = '42704';
+    END IF;
+    PERFORM api_key_mgmt_internal.authorize(v_tenant, 'admin');
 END
 $$;
 
@@ -397,6 +437,7 @@ BEGIN
     IF pg_catalog.char_length(mark_secret_validated.message) > 500 THEN
         RAISE EXCEPTION 'message must be at most 500 characters' USING ERRCODE = '22023';
     END IF;
+    PERFORM api_key_mgmt_internal.authorize_secret(mark_secret_validated.secret_id);
     UPDATE api_key_mgmt.tenant_secrets s
        SET validation_status = CASE WHEN mark_secret_validated.ok THEN 'valid' ELSE 'invalid' END,
            validation_message = mark_secret_validated.message, validated_at = pg_catalog.now()
@@ -420,6 +461,7 @@ BEGIN
     IF record_secret_usage.requests < 0 OR record_secret_usage.tokens < 0 THEN
         RAISE EXCEPTION 'requests and tokens must not be negative' USING ERRCODE = '22023';
     END IF;
+    PERFORM api_key_mgmt_internal.authorize_secret(record_secret_usage.secret_id);
     UPDATE api_key_mgmt.tenant_secrets s
        SET request_count = s.request_count + record_secret_usage.requests,
            token_count = s.token_count + record_secret_usage.tokens,
@@ -436,8 +478,13 @@ $$;
 -- return it. Then call rewrap_secrets until it returns 0.
 CREATE FUNCTION api_key_mgmt.rotate_master_key() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_version integer;
 BEGIN
-    RETURN api_key_mgmt_internal.ensure_key_version();
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
+    v_version := api_key_mgmt_internal.ensure_key_version();
+    PERFORM api_key_mgmt_internal.audit(NULL, 'master_key.rotated', 'master_key', v_version::text);
+    RETURN v_version;
 END
 $$;
 
@@ -452,6 +499,7 @@ DECLARE
     v_sealed record;
     v_done integer := 0;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
     IF rewrap_secrets.batch_size IS NULL OR rewrap_secrets.batch_size NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'batch_size must be between 1 and 100000' USING ERRCODE = '22023';
     END IF;
@@ -468,6 +516,10 @@ BEGIN
          WHERE s.id = v_id;
         v_done := v_done + 1;
     END LOOP;
+    IF v_done > 0 THEN
+        PERFORM api_key_mgmt_internal.audit(NULL, 'master_key.rewrapped', 'master_key', v_active::text,
+            pg_catalog.jsonb_build_object('secrets', v_done));
+    END IF;
     RETURN v_done;
 END
 $$;
@@ -479,6 +531,7 @@ CREATE FUNCTION api_key_mgmt.retire_master_key_version(version integer) RETURNS 
 DECLARE
     v_left bigint;
 BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
     PERFORM FROM api_key_mgmt.master_key_versions v WHERE v.version = retire_master_key_version.version
        FOR UPDATE;
     IF NOT FOUND THEN
@@ -493,6 +546,7 @@ BEGIN
     END IF;
     UPDATE api_key_mgmt.master_key_versions v SET retired_at = COALESCE(v.retired_at, pg_catalog.now())
      WHERE v.version = retire_master_key_version.version;
+    PERFORM api_key_mgmt_internal.audit(NULL, 'master_key.retired', 'master_key', retire_master_key_version.version::text);
 END
 $$;
 

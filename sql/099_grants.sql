@@ -9,7 +9,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA api_key_mgmt FROM PUBLIC;
 GRANT USAGE ON SCHEMA api_key_mgmt TO api_key_mgmt_admin, api_key_mgmt_service;
 
 -- Backend services: validate keys.
-GRANT EXECUTE ON FUNCTION api_key_mgmt.validate_api_key(text, text, text, text)
+GRANT EXECUTE ON FUNCTION api_key_mgmt.validate_api_key(text, text, text, text, integer)
     TO api_key_mgmt_service, api_key_mgmt_admin;
 
 -- Platform administrators: tenants and the key lifecycle, and read access to the
@@ -59,3 +59,103 @@ GRANT SELECT (id, tenant_id, provider, model, name, scopes, environment, key_ver
               request_count, token_count, last_used_at, created_at, updated_at, rotated_at)
     ON api_key_mgmt.tenant_secrets TO api_key_mgmt_admin;
 GRANT SELECT ON api_key_mgmt.tenant_secret_list TO api_key_mgmt_admin;
+
+-- Tenancy: the context functions for everyone the extension serves; tenant users
+-- (api_key_mgmt_user) manage their own tenant through the functions, which check
+-- their member role, and read their tenant's rows under RLS.
+GRANT USAGE ON SCHEMA api_key_mgmt TO api_key_mgmt_user;
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.current_tenant_id(),
+    api_key_mgmt.current_tenant_role(),
+    api_key_mgmt.current_user_id(),
+    api_key_mgmt.current_key_id(),
+    api_key_mgmt.authenticate_request()
+    TO api_key_mgmt_user, api_key_mgmt_service, api_key_mgmt_admin;
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.add_tenant_member(uuid, text, text),
+    api_key_mgmt.remove_tenant_member(uuid, text),
+    api_key_mgmt.add_route_scope(text, text, text),
+    api_key_mgmt.remove_route_scope(text, text),
+    api_key_mgmt.purge_audit_log(interval)
+    TO api_key_mgmt_admin;
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.add_tenant_member(uuid, text, text),
+    api_key_mgmt.remove_tenant_member(uuid, text),
+    api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text),
+    api_key_mgmt.import_api_key(uuid, text, text, text[], timestamptz, text, text[], text[], jsonb, text),
+    api_key_mgmt.revoke_api_key(uuid, text),
+    api_key_mgmt.rotate_api_key(uuid, interval),
+    api_key_mgmt.update_api_key(uuid, jsonb),
+    api_key_mgmt.put_tenant_secret(uuid, text, text, text, text[], text, text),
+    api_key_mgmt.list_tenant_secrets(uuid),
+    api_key_mgmt.delete_tenant_secret(uuid, text, text, text),
+    api_key_mgmt.mark_secret_validated(uuid, boolean, text)
+    TO api_key_mgmt_user;
+GRANT SELECT ON api_key_mgmt.tenant_members, api_key_mgmt.route_scopes, api_key_mgmt.audit_log
+    TO api_key_mgmt_admin;
+GRANT SELECT ON api_key_mgmt.tenants, api_key_mgmt.tenant_members, api_key_mgmt.audit_log,
+    api_key_mgmt.providers, api_key_mgmt.api_key_status, api_key_mgmt.keys_due_for_rotation,
+    api_key_mgmt.tenant_secret_list
+    TO api_key_mgmt_user;
+GRANT SELECT (id, tenant_id, name, environment, display_prefix, scopes, allowed_providers,
+              allowed_models, expires_at, revoked_at, revoke_reason, rotated_from, rotated_to,
+              grace_until, imported, created_by, metadata, created_at, updated_at)
+    ON api_key_mgmt.api_keys TO api_key_mgmt_user;
+GRANT SELECT (id, tenant_id, provider, model, name, scopes, environment, key_version,
+              secret_version, preview, validation_status, validation_message, validated_at,
+              request_count, token_count, last_used_at, created_at, updated_at, rotated_at)
+    ON api_key_mgmt.tenant_secrets TO api_key_mgmt_user;
+
+-- ---------------------------------------------------------------------------------
+-- Metering (sql/007_metering.sql, issue 4).
+-- Backend services charge, reserve, settle and consume rate-limit tokens;
+-- administrators set caps, credits and limits, run maintenance and read the usage.
+-- ---------------------------------------------------------------------------------
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.charge_api_key(uuid, text, numeric, bigint, text, text, text, jsonb, text),
+    api_key_mgmt.reserve_budget(uuid, text, numeric, interval),
+    api_key_mgmt.settle_reservation(uuid, numeric, bigint, text, text, jsonb, text),
+    api_key_mgmt.release_reservation(uuid),
+    api_key_mgmt.consume_rate_limit(uuid, integer),
+    api_key_mgmt.rate_limit_mode()
+    TO api_key_mgmt_service;
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.set_key_caps(uuid, numeric, numeric, numeric, numeric, text),
+    api_key_mgmt.set_tenant_caps(uuid, numeric, numeric, numeric, numeric, text, text),
+    api_key_mgmt.set_rate_limit(uuid, text, integer, interval, integer),
+    api_key_mgmt.set_tenant_rate_limit(uuid, text, integer, interval, integer),
+    api_key_mgmt.remove_rate_limit(uuid, text),
+    api_key_mgmt.remove_tenant_rate_limit(uuid, text),
+    api_key_mgmt.expire_reservations(integer),
+    api_key_mgmt.create_usage_partitions(integer),
+    api_key_mgmt.purge_idempotency_keys(interval),
+    api_key_mgmt.run_metering_maintenance(),
+    api_key_mgmt.rate_limit_mode()
+    TO api_key_mgmt_admin;
+GRANT SELECT ON api_key_mgmt.meters, api_key_mgmt.rate_limits, api_key_mgmt.usage_events,
+    api_key_mgmt.reservations, api_key_mgmt.usage_daily, api_key_mgmt.usage_monthly,
+    api_key_mgmt.usage_by_key_source, api_key_mgmt.meter_status
+    TO api_key_mgmt_admin;
+
+-- Tenant users: caps and limits of their tenant (the functions require the tenant
+-- role admin), and their tenant's usage under RLS.
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.set_key_caps(uuid, numeric, numeric, numeric, numeric, text),
+    api_key_mgmt.set_tenant_caps(uuid, numeric, numeric, numeric, numeric, text, text),
+    api_key_mgmt.set_rate_limit(uuid, text, integer, interval, integer),
+    api_key_mgmt.set_tenant_rate_limit(uuid, text, integer, interval, integer),
+    api_key_mgmt.remove_rate_limit(uuid, text),
+    api_key_mgmt.remove_tenant_rate_limit(uuid, text)
+    TO api_key_mgmt_user;
+GRANT SELECT ON api_key_mgmt.meters, api_key_mgmt.rate_limits, api_key_mgmt.usage_events,
+    api_key_mgmt.reservations, api_key_mgmt.usage_daily, api_key_mgmt.usage_monthly,
+    api_key_mgmt.usage_by_key_source
+    TO api_key_mgmt_user;
+
+-- Failed-validation counters (admins of the platform, or of their tenant).
+GRANT EXECUTE ON FUNCTION api_key_mgmt.validation_failures() TO api_key_mgmt_admin, api_key_mgmt_user;
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.validation_failure_totals(),
+    api_key_mgmt.reset_validation_failures()
+    TO api_key_mgmt_admin;
+GRANT SELECT ON api_key_mgmt.security_key_failures TO api_key_mgmt_admin, api_key_mgmt_user;

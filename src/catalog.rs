@@ -176,3 +176,58 @@ pub fn lookup(table: &CStr, index: &CStr, keys: &[Key]) -> Option<Row> {
         row
     }
 }
+
+/// Every row of `api_key_mgmt.<table>` (a heap scan under the active snapshot): for the
+/// small configuration tables only.
+pub fn scan_all(table: &CStr) -> Vec<Row> {
+    let relid = relation_oid(table);
+    let mut rows = Vec::new();
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        let tupdesc = (*rel).rd_att;
+        let natts = (*tupdesc).natts as usize;
+        let names: Vec<String> = (*tupdesc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .map(|a| {
+                if a.attisdropped {
+                    String::new()
+                } else {
+                    a.name().to_owned()
+                }
+            })
+            .collect();
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            snapshot,
+            0,
+            std::ptr::null_mut(),
+        );
+        loop {
+            let found = pg_sys::systable_getnext(scan);
+            if found.is_null() {
+                break;
+            }
+            let copy = pg_sys::heap_copytuple(found);
+            let mut values = vec![pg_sys::Datum::from(0usize); natts];
+            let mut nulls = vec![true; natts];
+            pg_sys::heap_deform_tuple(copy, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            rows.push(Row {
+                values,
+                nulls,
+                names: names.clone(),
+            });
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    }
+    rows
+}

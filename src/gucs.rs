@@ -4,6 +4,14 @@
 //! |---|---|---|---|
 //! | `api_key_mgmt.import_prefixes` | text | superuser | `''` |
 //! | `api_key_mgmt.master_key_file` | text | superuser, hidden from others | unset |
+//! | `api_key_mgmt.tenant_id` | text | anyone (`set_config(..., true)`) | unset |
+//! | `api_key_mgmt.user_id` | text | anyone (`set_config(..., true)`) | unset |
+//! | `api_key_mgmt.tenant_claims` | text | superuser | `tenant_id,app_metadata.tenant_id` |
+//! | `api_key_mgmt.api_key_header` | text | superuser | `x-api-key` |
+//! | `api_key_mgmt.unmatched_routes` | text | superuser | `deny` |
+//! | `api_key_mgmt.audit_secret_reads` | bool | superuser | on |
+//! | `api_key_mgmt.clock_override` | text (timestamptz) | superuser | unset: the real clock |
+//! | `api_key_mgmt.rate_limit_slots` | integer | server start | 65536 |
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
@@ -18,7 +26,115 @@ pub static IMPORT_PREFIXES: GucSetting<Option<CString>> = GucSetting::<Option<CS
 /// and not shown to other roles by SHOW or pg_settings.
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// The tenant an app server acts for (`set_config('api_key_mgmt.tenant_id', ..., true)`).
+pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The user an app server acts for, when there is no JWT `sub` claim.
+pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// JWT claim paths naming the tenant, tried in order.
+pub static TENANT_CLAIMS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"tenant_id,app_metadata.tenant_id"));
+/// The request header that carries the API key (PostgREST pre-request hook).
+pub static API_KEY_HEADER: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"x-api-key"));
+/// What the pre-request hook does with a request no route matches: `deny` or `any_key`.
+pub static UNMATCHED_ROUTES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"deny"));
+/// Whether each decryption of a tenant secret appends an audit row.
+pub static AUDIT_SECRET_READS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+// --- metering (issue 4) ---------------------------------------------------------
+
+/// "Now" for metering periods, credits refills, reservations and rate limits, for tests
+/// (`SET api_key_mgmt.clock_override = '2030-01-31 23:59:59+00'`). Superuser-only.
+pub static CLOCK_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Capacity of the shared-memory rate limiter (limit states), fixed at server start.
+pub static RATE_LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(65536);
+
+fn init_metering() {
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.clock_override",
+        c"Overrides the current time for metering periods and rate limits (tests only).",
+        c"A timestamptz; empty or unset: the transaction start time.",
+        &CLOCK_OVERRIDE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // A server-start setting can only be defined while preloading; without preload the
+    // limiter uses its table and the setting does not exist.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.rate_limit_slots",
+        c"Limit states the shared-memory rate limiter holds (needs shared_preload_libraries).",
+        c"32 bytes each; idle states are reused, and when full the stalest is evicted.",
+        &RATE_LIMIT_SLOTS,
+        1024,
+        16 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// The clock override, if set (the text; parsed by the caller as a timestamptz).
+pub fn clock_override() -> Option<String> {
+    CLOCK_OVERRIDE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
+}
+
 pub fn init() {
+    init_metering();
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.tenant_id",
+        c"The tenant an app server acts for in this transaction.",
+        c"Counts for api_key_mgmt_service as is; for other roles only when the user is a member of the tenant.",
+        &TENANT_ID,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.user_id",
+        c"The user an app server acts for, when there is no JWT sub claim.",
+        c"Used for tenant membership and as the actor in the audit log.",
+        &USER_ID,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.tenant_claims",
+        c"Comma-separated JWT claim paths naming the tenant, tried in order.",
+        c"Dots descend into objects, e.g. app_metadata.tenant_id (Supabase).",
+        &TENANT_CLAIMS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.api_key_header",
+        c"Request header carrying the API key, for authenticate_request().",
+        c"Authorization: Bearer <key> is also accepted when the token is not a JWT.",
+        &API_KEY_HEADER,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.unmatched_routes",
+        c"What authenticate_request() does when no route matches: deny or any_key.",
+        c"deny (default): 403. any_key: any valid key passes, with no scope required.",
+        &UNMATCHED_ROUTES,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"api_key_mgmt.audit_secret_reads",
+        c"Append an audit row for every decryption of a tenant secret.",
+        c"On (default): reading a secret needs a read-write transaction.",
+        &AUDIT_SECRET_READS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"api_key_mgmt.master_key_file",
         c"File holding the master key versions that encrypt tenant secrets.",
@@ -54,4 +170,18 @@ pub fn master_key_file() -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// The JWT claim paths naming the tenant.
+pub fn tenant_claim_paths() -> Vec<String> {
+    TENANT_CLAIMS
+        .get()
+        .map(|s| {
+            s.to_string_lossy()
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -3,7 +3,8 @@
 //! Pure logic (no Postgres types, unit- and property-tested): [`keys`], [`scopes`],
 //! [`validation`]. The pgrx layer: [`catalog`] (direct index lookups),
 //! [`validation_pg`] (`validate_api_key`), [`keys_pg`] (helpers for the SQL in `sql/`),
-//! [`gucs`], [`errors`]. The schema, policies, grants and management functions are
+//! [`gucs`], [`errors`], [`logmask_pg`] (the log hook over the pure [`logmask`]).
+//! The schema, policies, grants and management functions are
 //! hand-written SQL in `sql/`, in the order given below.
 
 use pgrx::prelude::*;
@@ -11,12 +12,22 @@ use pgrx::prelude::*;
 pub mod catalog;
 pub mod crypto;
 pub mod errors;
+pub mod failures;
+pub mod failures_pg;
 pub mod gucs;
 pub mod keys;
 pub mod keys_pg;
+pub mod logmask;
+pub mod logmask_pg;
+pub mod metering;
+pub mod metering_pg;
+pub mod ratelimit;
+pub mod ratelimit_pg;
 pub mod result_row;
 pub mod scopes;
 pub mod secrets_pg;
+pub mod tenancy;
+pub mod tenancy_pg;
 pub mod validation;
 pub mod validation_pg;
 
@@ -44,11 +55,24 @@ extension_sql_file!(
     name = "secrets",
     requires = ["validation"]
 );
+extension_sql_file!(
+    "../sql/007_metering.sql",
+    name = "metering",
+    requires = ["secrets"]
+);
+extension_sql_file!(
+    "../sql/008_tenancy.sql",
+    name = "tenancy",
+    requires = ["metering"]
+);
 extension_sql_file!("../sql/099_grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    failures_pg::init();
+    logmask_pg::install();
+    ratelimit_pg::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -28,6 +28,11 @@ impl<const N: usize> ResultRow<N> {
         }
     }
 
+    /// Column `i`, if set.
+    pub fn get(&self, i: usize) -> Option<pg_sys::Datum> {
+        (!self.nulls[i]).then(|| self.values[i])
+    }
+
     /// Form the composite datum for the current call's return type.
     ///
     /// # Safety

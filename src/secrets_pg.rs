@@ -405,6 +405,7 @@ fn resolve(
             );
         }
         let plaintext = open_row(&row);
+        audit_read(&row, provider, source, scope);
         return Some(Resolved {
             row,
             source,
@@ -412,6 +413,42 @@ fn resolve(
         });
     }
     None
+}
+
+/// Append `secret.decrypted` to the audit log (unless `api_key_mgmt.audit_secret_reads`
+/// is off). An audited read needs a read-write transaction: refused (25006) otherwise,
+/// rather than reading without a trace.
+fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
+    if !crate::gucs::AUDIT_SECRET_READS.get() {
+        return;
+    }
+    if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {
+        raise(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "reading a tenant secret is audited and needs a read-write transaction".into(),
+            "Read secrets on the primary outside READ ONLY transactions, or turn api_key_mgmt.audit_secret_reads off.",
+        );
+    }
+    let id: Uuid = row.get("id").expect("id is NOT NULL");
+    let tenant: Option<Uuid> = row.get("tenant_id");
+    Spi::run_with_args(
+        "SELECT api_key_mgmt_internal.audit($1, 'secret.decrypted', 'secret', $2, \
+         pg_catalog.jsonb_build_object('provider', $3, 'source', $4, 'scope', $5))",
+        &[
+            tenant.into(),
+            id.to_string().into(),
+            provider.into(),
+            source.as_str().into(),
+            scope.into(),
+        ],
+    )
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not write the audit entry of a secret read: {e}"),
+            "",
+        )
+    });
 }
 
 /// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`

@@ -23,6 +23,12 @@ pub enum Code {
     ScopeDenied,
     ProviderDenied,
     ModelDenied,
+    /// Metering (after every check above): the key's or tenant's daily cap is spent.
+    DailyCapExceeded,
+    MonthlyCapExceeded,
+    CreditsExhausted,
+    /// A rate limit of the key or tenant has no token left (`retry_after` says when).
+    RateLimited,
 }
 
 impl Code {
@@ -41,6 +47,10 @@ impl Code {
             Code::ScopeDenied => "scope_denied",
             Code::ProviderDenied => "provider_denied",
             Code::ModelDenied => "model_denied",
+            Code::DailyCapExceeded => "daily_cap_exceeded",
+            Code::MonthlyCapExceeded => "monthly_cap_exceeded",
+            Code::CreditsExhausted => "credits_exhausted",
+            Code::RateLimited => "rate_limited",
         }
     }
 }

@@ -1,12 +1,15 @@
 //! `validate_api_key`: the SQL entry point of the hot path.
 //!
 //! ```sql
-//! validate_api_key(api_key text, scope text, provider text, model text) RETURNS key_validation
+//! validate_api_key(api_key text, scope text, provider text, model text, cost integer)
+//!     RETURNS key_validation
 //! ```
 //!
 //! Flow: bounds and shape of the key (no table read for a malformed or mistyped key) →
 //! SHA-256 → unique-index probe on `api_keys.key_hash` → probe of `tenants` by id →
-//! [`crate::validation::decide`] → one composite row. It never raises for a bad key
+//! [`crate::validation::decide`] → for a valid key, metering ([`crate::metering_pg::report`]:
+//! caps and credits, then rate limits, consuming `cost` tokens in shared memory) → one
+//! composite row. It never raises for a bad key
 //! (an ERROR would put the statement, key included, in the server log) and writes
 //! nothing, so it runs in READ ONLY transactions and on hot standbys.
 //!
@@ -22,7 +25,7 @@ use pgrx::prelude::*;
 use pgrx::IntoDatum;
 
 /// Output columns, in the order of type `api_key_mgmt.key_validation`.
-const N_OUT: usize = 9;
+const N_OUT: usize = 14;
 const O_VALID: usize = 0;
 const O_CODE: usize = 1;
 const O_TENANT: usize = 2;
@@ -32,6 +35,13 @@ const O_SCOPES: usize = 5;
 const O_EXPIRES: usize = 6;
 const O_GRACE: usize = 7;
 const O_METADATA: usize = 8;
+const O_REM_DAILY: usize = 9;
+const O_REM_MONTHLY: usize = 10;
+const O_REM_CREDITS: usize = 11;
+const O_RATE_REMAINING: usize = 12;
+const O_RETRY_AFTER: usize = 13;
+/// Largest `cost` (rate-limit tokens) one validation may consume.
+const MAX_COST: i32 = 1_000_000;
 
 #[unsafe(no_mangle)]
 #[doc(hidden)]
@@ -40,7 +50,7 @@ pub extern "C" fn pg_finfo_akm_validate_api_key() -> &'static pg_sys::Pg_finfo_r
     &V1
 }
 
-/// `validate_api_key(api_key text, scope text, provider text, model text) RETURNS key_validation`
+/// `validate_api_key(api_key text, scope text, provider text, model text, cost integer) RETURNS key_validation`
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn akm_validate_api_key(
@@ -49,6 +59,7 @@ pub unsafe extern "C-unwind" fn akm_validate_api_key(
     unsafe {
         let mut out = Output::default();
         validate_into(fcinfo, &mut out);
+        out.count_failure();
         out.into_datum(fcinfo)
     }
 }
@@ -60,11 +71,53 @@ impl ResultRow<N_OUT> {
         self.set(O_VALID, (code == Code::Ok).into_datum());
         self.set(O_CODE, code.as_str().into_datum());
     }
+
+    /// Count a refusal in shared memory (src/failures_pg.rs): per key when the key was
+    /// found, per code otherwise. Nothing for `ok` or `missing`, nor without preload.
+    fn count_failure(&self) {
+        use pgrx::FromDatum;
+        if self.get(O_VALID).is_some_and(|d| d.value() != 0) {
+            return;
+        }
+        let code = self
+            .get(O_CODE)
+            .and_then(|d| unsafe { String::from_datum(d, false) });
+        let Some(code) = code.filter(|c| c != "ok" && c != "missing") else {
+            return;
+        };
+        let uuid = |i| {
+            self.get(i)
+                .and_then(|d| unsafe { pgrx::Uuid::from_datum(d, false) })
+                .map(|u| *u.as_bytes())
+        };
+        match (uuid(O_KEY), uuid(O_TENANT)) {
+            (Some(key), Some(tenant)) => {
+                crate::failures_pg::count_key(key, tenant, &code, unsafe {
+                    pg_sys::GetCurrentTimestamp()
+                })
+            }
+            _ => crate::failures_pg::count_unknown(&code),
+        }
+    }
 }
 
 /// Fill `out` for the call's arguments. Never raises for anything about the key.
 unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
     unsafe {
+        // The cost is the caller's argument, not the key's: out of bounds is an error
+        // (22023), checked before anything else.
+        let cost = if (*fcinfo).nargs > 4 {
+            pgrx::fcinfo::pg_getarg::<i32>(fcinfo, 4).unwrap_or(0)
+        } else {
+            0
+        };
+        if !(0..=MAX_COST).contains(&cost) {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "cost must be 0 to 1000000"
+            );
+        }
         // Bound the key before detoasting it: a 1 GB argument costs nothing here.
         let key_arg = pgrx::fcinfo::pg_get_nullable_datum(fcinfo, 0);
         if key_arg.isnull {
@@ -133,7 +186,30 @@ unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
                 .unwrap_or_default(),
         };
         let now = pg_sys::GetCurrentTransactionStartTimestamp();
-        let code = validation::decide(&key_facts, &tenant_facts, &req, now);
+        let mut code = validation::decide(&key_facts, &tenant_facts, &req, now);
+        if code == Code::Ok {
+            let key_id = key_row.datum("id").expect("id is NOT NULL");
+            let m = crate::metering_pg::report(key_id, tenant_id, cost);
+            code = m.code.unwrap_or(Code::Ok);
+            let num = |v: Option<crate::metering::Money>| {
+                v.and_then(|x| {
+                    pgrx::AnyNumeric::try_from(
+                        x.max(crate::metering::Money::ZERO).to_string().as_str(),
+                    )
+                    .ok()
+                    .into_datum()
+                })
+            };
+            out.set(O_REM_DAILY, num(m.remaining.daily));
+            out.set(O_REM_MONTHLY, num(m.remaining.monthly));
+            out.set(O_REM_CREDITS, num(m.remaining.credits));
+            out.set(O_RATE_REMAINING, m.rate_remaining.into_datum());
+            out.set(
+                O_RETRY_AFTER,
+                m.retry_after
+                    .and_then(|us| crate::metering_pg::interval(us).into_datum()),
+            );
+        }
 
         out.code(code);
         out.set(O_TENANT, Some(tenant_id));

@@ -5,11 +5,16 @@
 //! Run with `make test-integration` (installs the extension first).
 
 mod common;
+// Metering (issue 4): caps, idempotency, alerts, partitions, rate limits in both modes.
+#[path = "it/metering.rs"]
+mod metering;
 
 use common::keys::{body, random_alnum, unissued_native_key, with_bad_checksum};
+use common::secrets::*;
 use common::sql::*;
 use common::{primary, run, wait_until, Cluster, TestDb};
 use postgres::Client;
+use std::os::unix::fs::MetadataExt;
 use std::panic::resume_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
@@ -648,6 +653,146 @@ fn nothing_secret_in_server_log() {
     }
 }
 
+/// With the library preloaded, native keys written as literals in SQL are masked in
+/// everything that reaches the server log: statements logged by `log_statement` and
+/// `log_min_error_statement`, error messages, details, hints, contexts, internal queries
+/// and logged bind parameters. A look-alike with a bad checksum is left alone.
+#[test]
+fn keys_masked_in_server_log() {
+    let db = TestDb::new("it_logmask");
+    let cluster = db.cluster();
+    let mut c = db.connect();
+    let tenant = create_tenant(&mut c, "logmask");
+    let key = issue(&mut c, &tenant, "k").key;
+    let other = unissued_native_key("acme", "test");
+    let bad = with_bad_checksum(&unissued_native_key("sk", "live"));
+    let mask = "****************";
+    let masked = format!("sk_live_{mask}");
+    let masked_other = format!("acme_test_{mask}");
+    let tag = format!("it_logmask_{}", random_alnum(12).to_lowercase());
+    c.batch_execute(
+        "SET log_min_error_statement = 'error'; SET log_statement = 'all'; \
+         SET log_parameter_max_length = -1; SET log_parameter_max_length_on_error = -1",
+    )
+    .unwrap();
+
+    // A failing statement (simple protocol): the statement, the STATEMENT line.
+    assert_fails(
+        &mut c,
+        &format!("SELECT 1/0, '{key}', '{bad}' /* {tag} 1 */"),
+        "22012",
+    );
+    // A successful one (extended protocol): the "execute <unnamed>:" line.
+    let row = c
+        .query_one(
+            &format!("SELECT (api_key_mgmt.validate_api_key('{key}')).code, '{bad}' /* {tag} 2 */"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "ok");
+    // A plpgsql exception carrying keys in its message, detail and hint.
+    let raised = c
+        .batch_execute(&format!(
+            "DO $$BEGIN RAISE EXCEPTION 'leaked % and {bad}', '{key}' \
+             USING DETAIL = 'detail {other}', HINT = 'hint {key}'; END$$ /* {tag} 3 */"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&raised), "P0001");
+    let db_error = raised.as_db_error().unwrap();
+    // The client gets the same, masked, error.
+    assert_eq!(db_error.message(), format!("leaked {masked} and {bad}"));
+    assert_eq!(
+        db_error.detail(),
+        Some(format!("detail {masked_other}").as_str())
+    );
+    // A key in the context (the failing SQL statement) and in the internal query.
+    assert_fails(
+        &mut c,
+        &format!("DO $$BEGIN PERFORM 1/0, '{key}'; END$$ /* {tag} 4 */"),
+        "22012",
+    );
+    assert_fails(
+        &mut c,
+        &format!("DO $$BEGIN EXECUTE 'SELECT ''{other}'' +'; END$$ /* {tag} 5 */"),
+        "42601",
+    );
+    // Keys as bind parameters of a statement failing at execution (not folded at bind):
+    // the "parameters:" detail of the execute line, the portal's parameters in the
+    // error's context.
+    assert_sqlstate(
+        c.query(
+            &format!("SELECT $1::text, $2::text, 1 / (random() * 0)::int /* {tag} 6 */"),
+            &[&key, &bad],
+        ),
+        "22012",
+        "failing statement with the key as a parameter",
+    );
+    // A warning (logged, without the statement).
+    c.batch_execute(&format!(
+        "DO $$BEGIN RAISE WARNING 'warned {other}'; END$$ /* {tag} 7 */"
+    ))
+    .unwrap();
+    let last = format!("{tag} 7");
+    wait_until(
+        "the last statement in the log",
+        Duration::from_secs(30),
+        || String::from_utf8_lossy(&cluster.log()).contains(&last),
+    );
+
+    let log = String::from_utf8_lossy(&cluster.log()).into_owned();
+    for secret in [&key, &other] {
+        let tail = &secret[secret.len() - 49..];
+        assert!(!log.contains(tail), "the server log contains a key's body");
+        assert!(
+            !log.contains(body(secret)),
+            "the server log contains a key's body"
+        );
+    }
+    // The look-alike with a bad checksum is ordinary text, logged as it is.
+    assert!(
+        log.matches(&bad).count() >= 6,
+        "the look-alike must be logged unchanged"
+    );
+    let lines: Vec<&str> = log.lines().collect();
+    let logged = |what: &str, marker: &str, needle: &str| {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(what) && l.contains(marker) && l.contains(needle)),
+            "no {what:?} line with {marker:?} and {needle:?} in the server log"
+        );
+    };
+    for n in 1..=4 {
+        logged("LOG:  ", &masked, &format!("{tag} {n}"));
+    }
+    logged("LOG:  ", &masked_other, &format!("{tag} 5"));
+    for n in [1, 3, 4] {
+        logged("STATEMENT:  ", &masked, &format!("{tag} {n}"));
+    }
+    logged("STATEMENT:  ", &masked_other, &format!("{tag} 5"));
+    logged("STATEMENT:  ", "$1::text", &format!("{tag} 6"));
+    logged("ERROR:  ", &masked, &format!("leaked {masked} and {bad}"));
+    logged("DETAIL:  ", &masked_other, "detail");
+    logged("HINT:  ", &masked, "hint");
+    logged("CONTEXT:  ", &masked, "SQL statement \"SELECT 1/0,");
+    logged("QUERY:  ", &masked_other, "+");
+    logged(
+        "DETAIL:  ",
+        &masked,
+        &format!("parameters: $1 = '{masked}', $2 = '{bad}'"),
+    );
+    logged(
+        "CONTEXT:  ",
+        &masked,
+        &format!("with parameters: $1 = '{masked}', $2 = '{bad}'"),
+    );
+    logged("WARNING:  ", &masked_other, "warned");
+    assert!(
+        !log.contains("terminated by signal"),
+        "a server process crashed"
+    );
+}
+
 /// Keys from another system, under a configured import prefix.
 #[test]
 fn import_foreign_keys() {
@@ -779,4 +924,940 @@ fn concurrent_create_extension_on_a_fresh_cluster() {
     if let Err(e) = &second {
         panic!("concurrent CREATE EXTENSION failed: {e:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenant secrets (the vault): every secret and key below is random, made by the test, and
+// reaches the server only as a bind parameter or in a key file.
+
+/// One stored secret and how it resolves: `resolve_provider_key(query_tenant, provider,
+/// SCOPE, model)` must answer `secret` from `source`.
+struct StoredSecret {
+    owner: Option<String>,
+    query_tenant: Option<String>,
+    provider: &'static str,
+    model: Option<&'static str>,
+    secret: String,
+    source: &'static str,
+    id: String,
+}
+
+impl StoredSecret {
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        c: &mut Client,
+        owner: Option<&str>,
+        query_tenant: Option<&str>,
+        provider: &'static str,
+        model: Option<&'static str>,
+        secret: String,
+        source: &'static str,
+    ) -> StoredSecret {
+        let id = put_secret(c, owner, provider, &secret, model);
+        StoredSecret {
+            owner: owner.map(str::to_owned),
+            query_tenant: query_tenant.map(str::to_owned),
+            provider,
+            model,
+            secret,
+            source,
+            id,
+        }
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "{} secret of {:?} for {}/{:?}",
+            self.source, self.owner, self.provider, self.model
+        )
+    }
+
+    /// Resolves to this very secret, from the expected source; get_tenant_secret agrees.
+    #[track_caller]
+    fn assert_resolves(&self, c: &mut Client, db: &str) {
+        let got = resolve(c, self.query_tenant.as_deref(), self.provider, self.model);
+        assert!(
+            got.secret.as_deref() == Some(self.secret.as_str()),
+            "{db}: {} does not resolve to its plaintext",
+            self.what()
+        );
+        assert_eq!(
+            (
+                got.source.as_deref(),
+                got.secret_id.as_deref(),
+                got.tenant_id
+            ),
+            (
+                Some(self.source),
+                Some(self.id.as_str()),
+                self.owner.clone()
+            ),
+            "{db}: {}",
+            self.what()
+        );
+        let plain = get_secret(c, self.query_tenant.as_deref(), self.provider, self.model);
+        assert!(
+            plain.as_deref() == Some(self.secret.as_str()),
+            "{db}: get_tenant_secret of the {}",
+            self.what()
+        );
+    }
+
+    /// The distinctive random part of the secret (what a partial leak would show).
+    fn body(&self) -> &str {
+        &self.secret[self.secret.len() - 40..]
+    }
+}
+
+/// `(id, copies, builtin)` of every provider.
+fn provider_rows(c: &mut Client) -> Vec<(String, i64, bool)> {
+    c.query(
+        "SELECT id, count(*), bool_and(builtin) FROM api_key_mgmt.providers GROUP BY id ORDER BY id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// pg_dump carries tenant secrets as ciphertext only, never a plaintext or a master key;
+/// a restore with the same key file resolves every secret alike, and a restore with
+/// another key file (same versions, other keys) refuses with 28000 instead of garbage.
+#[test]
+fn secrets_dump_and_restore() {
+    const CUSTOM: &str = "it-byok";
+    let db = TestDb::new("it_sec_dump");
+    let cluster = db.cluster();
+    let mut admin = cluster.connect("postgres");
+    let v1 = MasterKey::random(1);
+    let v2 = MasterKey::random(2);
+    let mut file = KeyFile::create(cluster, "it_sec_dump", vec![v1.clone()], None);
+    set_database_key_file(&mut admin, &db.name, &file.path);
+
+    let mut c = db.connect();
+    let t1 = create_tenant(&mut c, "secrets dump one");
+    let t2 = create_tenant(&mut c, "secrets dump two");
+    c.execute(
+        "SELECT api_key_mgmt.register_provider($1, $2)",
+        &[&CUSTOM, &"Integration BYOK"],
+    )
+    .unwrap();
+    let (t1, t2) = (Some(t1.as_str()), Some(t2.as_str()));
+    let secrets = [
+        StoredSecret::put(&mut c, t1, t1, "openai", None, openai_secret(), "tenant"),
+        StoredSecret::put(
+            &mut c,
+            t1,
+            t1,
+            "openai",
+            Some("gpt-4o"),
+            openai_secret(),
+            "model",
+        ),
+        StoredSecret::put(
+            &mut c,
+            None,
+            t1,
+            "anthropic",
+            None,
+            anthropic_secret(),
+            "platform",
+        ),
+        StoredSecret::put(
+            &mut c,
+            None,
+            t2,
+            "openai",
+            Some("gpt-4o-mini"),
+            openai_secret(),
+            "platform",
+        ),
+        StoredSecret::put(
+            &mut c,
+            t2,
+            t2,
+            CUSTOM,
+            None,
+            format!("byok-{}", random_alnum(40)),
+            "tenant",
+        ),
+    ];
+    let n = secrets.len() as i64;
+
+    // Rotation to version 2, one secret rewrapped: the dump holds both versions.
+    file.rewrite(vec![v1.clone(), v2.clone()], Some(2));
+    assert_eq!(try_rotate_master_key(&mut c).unwrap(), 2);
+    assert_eq!(try_rewrap(&mut c, 1).unwrap(), 1);
+    assert_eq!(secrets_per_version(&mut c), vec![(1, n - 1), (2, 1)]);
+    for s in &secrets {
+        s.assert_resolves(&mut c, &db.name);
+    }
+    let source_providers = provider_rows(&mut c);
+    assert_eq!(
+        source_providers
+            .iter()
+            .filter(|(id, copies, builtin)| *builtin && *copies == 1 && id != CUSTOM)
+            .count(),
+        source_providers.len() - 1,
+        "built-in providers of the source: {source_providers:?}"
+    );
+    assert!(source_providers.contains(&(CUSTOM.to_owned(), 1, false)));
+
+    // Plain format: nothing secret in the text.
+    let out = run(cluster.client_command("pg_dump").arg(&db.name));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for table in ["tenant_secrets", "master_key_versions", "providers"] {
+        assert!(
+            text.contains(&format!("COPY api_key_mgmt.{table} ")),
+            "the dump carries the rows of {table}"
+        );
+    }
+    assert!(
+        text.contains(CUSTOM),
+        "the dump carries the custom provider"
+    );
+    for s in &secrets {
+        assert!(
+            !text.contains(&s.secret) && !text.contains(s.body()),
+            "the plain dump contains the plaintext of the {}",
+            s.what()
+        );
+    }
+    for k in &file.keys {
+        for form in k.forms() {
+            assert!(
+                !text.contains(&form),
+                "the plain dump contains master key version {}",
+                k.version
+            );
+        }
+    }
+    for (i, line) in file.lines().iter().enumerate() {
+        assert!(
+            !text.contains(line.as_str()),
+            "the plain dump contains line {} of the key file",
+            i + 1
+        );
+    }
+
+    // Custom format, restored into a fresh database with the same key file.
+    let dump = cluster.dir.join("it_sec_dump.Fc");
+    run(cluster
+        .client_command("pg_dump")
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(&db.name));
+    let restored = "it_sec_dump_restored";
+    run(cluster.client_command("createdb").arg(restored));
+    set_database_key_file(&mut admin, restored, &file.path);
+    run(cluster
+        .client_command("pg_restore")
+        .args(["--exit-on-error", "-d", restored])
+        .arg(&dump));
+    let mut r = cluster.connect(restored);
+    for s in &secrets {
+        s.assert_resolves(&mut r, restored);
+    }
+    assert_eq!(
+        provider_rows(&mut r),
+        source_providers,
+        "providers after the restore: built-ins once each, the custom one once"
+    );
+    assert_eq!(secrets_per_version(&mut r), vec![(1, n - 1), (2, 1)]);
+    // The restored vault is fully usable: rewrap the rest, store, resolve.
+    assert_eq!(try_rewrap(&mut r, 100).unwrap(), (n - 1) as i32);
+    assert_eq!(secrets_per_version(&mut r), vec![(1, 0), (2, n)]);
+    for s in &secrets {
+        s.assert_resolves(&mut r, restored);
+    }
+    let extra = StoredSecret::put(&mut r, t2, t2, "openai", None, openai_secret(), "tenant");
+    assert_eq!(secret_versions(&mut r, &extra.id), (2, 1));
+    extra.assert_resolves(&mut r, restored);
+
+    // The same dump restored where another key file (same versions, other keys) is
+    // configured: the key-check values refuse it (28000), nothing decrypts to garbage.
+    let other = KeyFile::create(
+        cluster,
+        "it_sec_dump_other",
+        vec![MasterKey::random(1), MasterKey::random(2)],
+        Some(2),
+    );
+    let wrong = "it_sec_dump_wrong_key";
+    run(cluster.client_command("createdb").arg(wrong));
+    set_database_key_file(&mut admin, wrong, &other.path);
+    run(cluster
+        .client_command("pg_restore")
+        .args(["--exit-on-error", "-d", wrong])
+        .arg(&dump));
+    let mut w = cluster.connect(wrong);
+    for s in &secrets {
+        let (t, p, m) = (s.query_tenant.as_deref(), s.provider, s.model);
+        assert_sqlstate(
+            try_resolve(&mut w, t, p, m),
+            "28000",
+            &format!("resolve the {} under another key file", s.what()),
+        );
+        assert_sqlstate(
+            try_get_secret(&mut w, t, p, m),
+            "28000",
+            &format!("get the {} under another key file", s.what()),
+        );
+    }
+    assert_sqlstate(
+        try_put_secret(&mut w, t1, "openai", &openai_secret(), None),
+        "28000",
+        "put under another key file",
+    );
+    assert_sqlstate(
+        try_rotate_master_key(&mut w),
+        "28000",
+        "rotate under another key file",
+    );
+    assert_sqlstate(
+        try_rewrap(&mut w, 10),
+        "28000",
+        "rewrap under another key file",
+    );
+    assert_eq!(secrets_per_version(&mut w), vec![(1, n - 1), (2, 1)]);
+}
+
+/// Who may store, read and decrypt tenant secrets, and who may see or change the key
+/// file setting.
+#[test]
+fn secrets_privileges() {
+    let db = TestDb::new("it_sec_privs");
+    let cluster = db.cluster();
+    let file = KeyFile::create(cluster, "it_sec_privs", vec![MasterKey::random(1)], None);
+    let mut su = db.connect();
+    set_database_key_file(&mut su, &db.name, &file.path);
+    su.batch_execute(
+        "CREATE ROLE it_sec_plain LOGIN;
+         CREATE ROLE it_sec_svc LOGIN IN ROLE api_key_mgmt_service;
+         CREATE ROLE it_sec_adm LOGIN IN ROLE api_key_mgmt_admin;",
+    )
+    .unwrap();
+    let mut su = db.connect();
+    let tenant = create_tenant(&mut su, "secret privileges");
+    let t = Some(tenant.as_str());
+    let by_su = openai_secret();
+    let su_id = put_secret(&mut su, t, "openai", &by_su, None);
+
+    // The administrator stores, lists and rotates, never reads a plaintext.
+    let mut adm = db.connect_as("it_sec_adm");
+    let by_adm = anthropic_secret();
+    let adm_id = put_secret(&mut adm, t, "anthropic", &by_adm, None);
+    assert_sqlstate(
+        try_get_secret(&mut adm, t, "openai", None),
+        "42501",
+        "admin: get_tenant_secret",
+    );
+    assert_sqlstate(
+        try_resolve(&mut adm, t, "openai", None),
+        "42501",
+        "admin: resolve_provider_key",
+    );
+    for column in ["ciphertext", "nonce", "*"] {
+        assert_fails(
+            &mut adm,
+            &format!("SELECT {column} FROM api_key_mgmt.tenant_secrets"),
+            "42501",
+        );
+    }
+    let listed: Vec<String> = adm
+        .query(
+            "SELECT l::text FROM api_key_mgmt.tenant_secret_list l ORDER BY provider",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(listed.len(), 2, "admin lists both secrets");
+    assert!(listed[0].contains(&adm_id) && listed[1].contains(&su_id));
+    for row in &listed {
+        for secret in [&by_su, &by_adm] {
+            assert!(
+                !row.contains(secret.as_str()) && !row.contains(&secret[secret.len() - 40..]),
+                "tenant_secret_list shows a plaintext"
+            );
+        }
+    }
+    assert_eq!(try_rotate_master_key(&mut adm).unwrap(), 1);
+    assert_eq!(try_rewrap(&mut adm, 10).unwrap(), 0);
+
+    // The service decrypts, including what the administrator stored; it stores nothing.
+    let mut svc = db.connect_as("it_sec_svc");
+    assert_eq!(get_secret(&mut svc, t, "openai", None), Some(by_su.clone()));
+    assert_eq!(
+        get_secret(&mut svc, t, "anthropic", None),
+        Some(by_adm.clone())
+    );
+    let r = resolve(&mut svc, t, "anthropic", None);
+    assert_eq!(
+        (r.secret, r.source, r.secret_id),
+        (
+            Some(by_adm.clone()),
+            Some("tenant".into()),
+            Some(adm_id.clone())
+        )
+    );
+    assert_sqlstate(
+        try_put_secret(&mut svc, t, "openai", &openai_secret(), None),
+        "42501",
+        "service: put_tenant_secret",
+    );
+    assert_fails(
+        &mut svc,
+        "SELECT ciphertext FROM api_key_mgmt.tenant_secrets",
+        "42501",
+    );
+    assert_sqlstate(
+        try_rotate_master_key(&mut svc),
+        "42501",
+        "service: rotate_master_key",
+    );
+
+    // A role of neither group: nothing.
+    let mut plain = db.connect_as("it_sec_plain");
+    assert_sqlstate(
+        try_get_secret(&mut plain, t, "openai", None),
+        "42501",
+        "plain: get_tenant_secret",
+    );
+    assert_sqlstate(
+        try_resolve(&mut plain, t, "openai", None),
+        "42501",
+        "plain: resolve_provider_key",
+    );
+    assert_sqlstate(
+        try_put_secret(&mut plain, t, "openai", &openai_secret(), None),
+        "42501",
+        "plain: put_tenant_secret",
+    );
+    assert_fails(
+        &mut plain,
+        "SELECT * FROM api_key_mgmt.tenant_secret_list",
+        "42501",
+    );
+
+    // The internal sealing functions belong to the extension's own code only.
+    let fresh_id = "00000000-0000-4000-8000-000000000001";
+    for (who, c) in [
+        ("plain", &mut plain),
+        ("service", &mut svc),
+        ("admin", &mut adm),
+    ] {
+        assert_sqlstate(
+            c.query(
+                "SELECT * FROM api_key_mgmt_internal.seal_secret($1::text::uuid, $2::text::uuid, 'openai', $3)",
+                &[&tenant, &fresh_id, &openai_secret()],
+            ),
+            "42501",
+            &format!("{who}: seal_secret"),
+        );
+        assert_sqlstate(
+            c.query(
+                "SELECT * FROM api_key_mgmt_internal.reseal_secret($1::text::uuid)",
+                &[&su_id],
+            ),
+            "42501",
+            &format!("{who}: reseal_secret"),
+        );
+        assert_sqlstate(
+            c.query("SELECT * FROM api_key_mgmt_internal.master_keys()", &[]),
+            "42501",
+            &format!("{who}: master_keys"),
+        );
+    }
+
+    // The key file setting: superusers only, to change and to see.
+    let elsewhere = format!("{}/elsewhere", key_dir(cluster).display());
+    for (who, c) in [
+        ("plain", &mut plain),
+        ("service", &mut svc),
+        ("admin", &mut adm),
+    ] {
+        for sql in [
+            format!("SET api_key_mgmt.master_key_file = '{elsewhere}'"),
+            format!("SET LOCAL api_key_mgmt.master_key_file = '{elsewhere}'"),
+            "RESET api_key_mgmt.master_key_file".to_owned(),
+            "SHOW api_key_mgmt.master_key_file".to_owned(),
+            "SELECT current_setting('api_key_mgmt.master_key_file')".to_owned(),
+            format!("SELECT set_config('api_key_mgmt.master_key_file', '{elsewhere}', false)"),
+            format!("ALTER ROLE CURRENT_USER SET api_key_mgmt.master_key_file = '{elsewhere}'"),
+        ] {
+            assert_sqlstate(c.batch_execute(&sql), "42501", &format!("{who}: {sql}"));
+        }
+        assert_eq!(
+            count(
+                c,
+                "FROM pg_settings WHERE name = 'api_key_mgmt.master_key_file'"
+            ),
+            0,
+            "{who}: the setting in pg_settings"
+        );
+    }
+    // Still the database's file for everyone (nothing above changed it).
+    let shown: String = su
+        .query_one("SHOW api_key_mgmt.master_key_file", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, file.sql_path());
+    assert_eq!(get_secret(&mut svc, t, "openai", None), Some(by_su));
+}
+
+/// Concurrent puts into one slot serialize (one row, every put counted), and concurrent
+/// rewraps after a rotation share the work without doing any secret twice.
+#[test]
+fn secrets_concurrency() {
+    const PUTTERS: usize = 8;
+    const ROUNDS: usize = 5;
+    const TENANTS: usize = 10;
+    const MODELS: usize = 20;
+    const REWRAPPERS: usize = 4;
+    const BATCH: i32 = 16;
+
+    let started = Instant::now();
+    let db = TestDb::new("it_sec_concurrency");
+    let cluster = db.cluster();
+    let v1 = MasterKey::random(1);
+    let mut file = KeyFile::create(cluster, "it_sec_concurrency", vec![v1.clone()], None);
+    let mut main = db.connect();
+    set_database_key_file(&mut main, &db.name, &file.path);
+    let mut main = db.connect();
+    let tenant = create_tenant(&mut main, "one slot");
+
+    // One slot (tenant, openai, no model, prod), written by every connection at once. The
+    // first round also races to create the slot and to record master key version 1.
+    let mut conns: Vec<Client> = (0..PUTTERS).map(|_| db.connect()).collect();
+    let puts_started = Instant::now();
+    let mut slot_id: Option<String> = None;
+    let mut puts = 0;
+    let mut last_round: Vec<String> = Vec::new();
+    for round in 0..ROUNDS {
+        let written: Vec<String> = (0..PUTTERS).map(|_| openai_secret()).collect();
+        let barrier = Barrier::new(PUTTERS);
+        let results: Vec<Result<String, postgres::Error>> = thread::scope(|s| {
+            let handles: Vec<_> = conns
+                .iter_mut()
+                .zip(&written)
+                .map(|(c, secret)| {
+                    let (barrier, tenant) = (&barrier, &tenant);
+                    s.spawn(move || {
+                        barrier.wait();
+                        try_put_secret(c, Some(tenant), "openai", secret, None)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(join).collect()
+        });
+        for r in &results {
+            let id = r
+                .as_ref()
+                .unwrap_or_else(|e| panic!("round {round}: concurrent put failed: {e:?}"));
+            let first = slot_id.get_or_insert_with(|| id.clone());
+            assert_eq!(id, first, "round {round}: every put returns the slot's id");
+        }
+        puts += results.len();
+        last_round = written;
+    }
+    let slot_id = slot_id.unwrap();
+    let rows: i64 = main
+        .query_one(
+            "SELECT count(*) FROM api_key_mgmt.tenant_secrets \
+              WHERE tenant_id = $1::text::uuid AND provider = 'openai' AND model IS NULL \
+                AND environment = 'prod'",
+            &[&tenant],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "rows in the slot");
+    assert_eq!(
+        secret_versions(&mut main, &slot_id),
+        (1, puts as i32),
+        "(key_version, secret_version) after {puts} puts"
+    );
+    let current = get_secret(&mut main, Some(&tenant), "openai", None).expect("the slot resolves");
+    assert!(
+        last_round.contains(&current),
+        "the slot holds a secret of the last round"
+    );
+    let puts_done = puts_started.elapsed();
+
+    // ~200 secrets on version 1, then version 2 becomes active and four connections
+    // rewrap at once, in small batches, until each finds nothing left.
+    let mut stored: Vec<(String, String, String)> = vec![(
+        tenant.clone(),
+        String::new(), // the slot above: no model
+        current,
+    )];
+    for t in 0..TENANTS {
+        let tenant = create_tenant(&mut main, &format!("rewrap {t}"));
+        for m in 0..MODELS {
+            let model = format!("model-{m:02}");
+            let secret = openai_secret();
+            put_secret(&mut main, Some(&tenant), "openai", &secret, Some(&model));
+            stored.push((tenant.clone(), model, secret));
+        }
+    }
+    let total = stored.len() as i64;
+    assert_eq!(secrets_per_version(&mut main), vec![(1, total)]);
+    let v2 = MasterKey::random(2);
+    file.rewrite(vec![v1.clone(), v2.clone()], Some(2));
+    assert_eq!(try_rotate_master_key(&mut main).unwrap(), 2);
+
+    let mut rewrappers: Vec<Client> = conns.drain(..REWRAPPERS).collect();
+    let barrier = Barrier::new(REWRAPPERS);
+    let done: Vec<(i64, usize)> = thread::scope(|s| {
+        let handles: Vec<_> = rewrappers
+            .iter_mut()
+            .map(|c| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let (mut sum, mut calls) = (0i64, 0usize);
+                    loop {
+                        let n = try_rewrap(c, BATCH)
+                            .unwrap_or_else(|e| panic!("concurrent rewrap_secrets failed: {e:?}"));
+                        assert!((0..=BATCH).contains(&n), "rewrap_secrets returned {n}");
+                        calls += 1;
+                        if n == 0 {
+                            break;
+                        }
+                        sum += i64::from(n);
+                    }
+                    (sum, calls)
+                })
+            })
+            .collect();
+        handles.into_iter().map(join).collect()
+    });
+    let rewrapped: i64 = done.iter().map(|(n, _)| n).sum();
+    assert_eq!(
+        rewrapped, total,
+        "secrets rewrapped by {REWRAPPERS} connections: {done:?}"
+    );
+    assert_eq!(secrets_per_version(&mut main), vec![(1, 0), (2, total)]);
+    assert_eq!(try_rewrap(&mut main, BATCH).unwrap(), 0);
+
+    // Every secret decrypts to what was stored, first with both versions in the file,
+    // then (version 1 retired) with version 2 alone.
+    let check_all = |c: &mut Client, when: &str| {
+        for (tenant, model, secret) in &stored {
+            let model = (!model.is_empty()).then_some(model.as_str());
+            let got = get_secret(c, Some(tenant), "openai", model);
+            assert!(
+                got.as_deref() == Some(secret.as_str()),
+                "{when}: the secret of {tenant}/{model:?} changed"
+            );
+        }
+    };
+    check_all(&mut main, "after the rewrap");
+    main.execute("SELECT api_key_mgmt.retire_master_key_version(1)", &[])
+        .unwrap();
+    let only_v2 = KeyFile::create(cluster, "it_sec_concurrency_v2", vec![v2.clone()], None);
+    set_session_key_file(&mut main, &only_v2.path);
+    check_all(&mut main, "with version 2 alone");
+    eprintln!(
+        "secrets_concurrency: {puts} puts in {puts_done:?}; {total} secrets rewrapped as {done:?} \
+         (sum, calls) per connection; total {:?}",
+        started.elapsed()
+    );
+}
+
+/// Failing and succeeding vault calls, secrets as bind parameters: neither a plaintext
+/// nor a master key ever reaches the server log.
+#[test]
+fn secrets_nothing_in_server_log() {
+    let db = TestDb::new("it_sec_log");
+    let cluster = db.cluster();
+    let right = KeyFile::create(cluster, "it_sec_log", vec![MasterKey::random(1)], None);
+    let wrong = KeyFile::create(
+        cluster,
+        "it_sec_log_wrong",
+        vec![MasterKey::random(1)],
+        None,
+    );
+    let only_v2 = KeyFile::create(cluster, "it_sec_log_v2", vec![MasterKey::random(2)], None);
+    // Malformed files holding real-looking keys: the parse error must not quote them.
+    let trailing = MasterKey::random(1);
+    let trailing_path = key_dir(cluster).join("it_sec_log_trailing");
+    write_private(
+        cluster,
+        &trailing_path,
+        &format!("1 {} bogus\n", trailing.hex()),
+    );
+    let short = MasterKey::random(1).hex()[..63].to_owned();
+    let short_path = key_dir(cluster).join("it_sec_log_short");
+    write_private(cluster, &short_path, &format!("1 {short}\n"));
+    let missing_path = key_dir(cluster).join("it_sec_log_missing");
+
+    let mut su = db.connect();
+    set_database_key_file(&mut su, &db.name, &right.path);
+    let mut c = db.connect();
+    let tenant = create_tenant(&mut c, "secrets log");
+    let t = Some(tenant.as_str());
+    let stored = openai_secret();
+    put_secret(&mut c, t, "openai", &stored, None);
+    let restricted = anthropic_secret();
+    c.query_one(
+        "SELECT api_key_mgmt.put_tenant_secret($1::text::uuid, 'anthropic', $2, scopes => '{voice:*}')",
+        &[&tenant, &restricted],
+    )
+    .unwrap();
+    let marker = format!("it_sec_log_marker_{}", random_alnum(12).to_lowercase());
+    let put_sql =
+        format!("SELECT api_key_mgmt.put_tenant_secret($1::text::uuid, $2, $3) /* {marker} */");
+    let get_sql =
+        format!("SELECT api_key_mgmt.get_tenant_secret($1::text::uuid, $2, $3) /* {marker} */");
+    let resolve_sql = format!(
+        "SELECT (api_key_mgmt.resolve_provider_key($1::text::uuid, $2, $3)).secret /* {marker} */"
+    );
+    let mut refused: Vec<String> = Vec::new();
+    let mut failing = 0;
+    let mut expect = |c: &mut Client, sql: &str, params: [&str; 3], code: &str, what: &str| {
+        let p: [&(dyn postgres::types::ToSql + Sync); 3] = [&params[0], &params[1], &params[2]];
+        assert_sqlstate(c.query(sql, &p), code, what);
+        failing += 1;
+    };
+
+    // Refused input.
+    let unknown_provider = openai_secret();
+    expect(
+        &mut c,
+        &put_sql,
+        [&tenant, "it-nosuch", &unknown_provider],
+        "42704",
+        "put into an unknown provider",
+    );
+    let misfiled = openai_secret();
+    expect(
+        &mut c,
+        &put_sql,
+        [&tenant, "anthropic", &misfiled],
+        "22023",
+        "an OpenAI key put as an Anthropic one",
+    );
+    let huge_core = random_alnum(64);
+    let huge = format!("{huge_core}{}", "x".repeat(70_000));
+    expect(
+        &mut c,
+        &put_sql,
+        [&tenant, "elevenlabs", &huge],
+        "22023",
+        "a secret over 64 KiB",
+    );
+    refused.extend([unknown_provider, misfiled, huge_core]);
+
+    // Reads that fail after (or instead of) decrypting.
+    expect(
+        &mut c,
+        &get_sql,
+        [&tenant, "anthropic", SCOPE],
+        "42501",
+        "a scope the secret does not allow",
+    );
+    for sql in [&get_sql, &resolve_sql] {
+        let failing_after = sql.replace(" /*", ", 1/0 /*");
+        expect(
+            &mut c,
+            &failing_after,
+            [&tenant, "openai", SCOPE],
+            "22012",
+            "an error after decrypting",
+        );
+    }
+
+    // A key file that is not the one recorded: 28000 for everything.
+    set_session_key_file(&mut c, &wrong.path);
+    let under_wrong_key = openai_secret();
+    expect(
+        &mut c,
+        &put_sql,
+        [&tenant, "openai", &under_wrong_key],
+        "28000",
+        "put under the wrong key file",
+    );
+    refused.push(under_wrong_key);
+    expect(
+        &mut c,
+        &get_sql,
+        [&tenant, "openai", SCOPE],
+        "28000",
+        "get under the wrong key file",
+    );
+    expect(
+        &mut c,
+        &resolve_sql,
+        [&tenant, "openai", SCOPE],
+        "28000",
+        "resolve under the wrong key file",
+    );
+    assert_sqlstate(
+        c.query(
+            &format!("SELECT api_key_mgmt.rotate_master_key() /* {marker} */"),
+            &[],
+        ),
+        "28000",
+        "rotate under the wrong key file",
+    );
+    // The secret's version missing from the file: 55000.
+    set_session_key_file(&mut c, &only_v2.path);
+    expect(
+        &mut c,
+        &get_sql,
+        [&tenant, "openai", SCOPE],
+        "55000",
+        "get without the secret's key version",
+    );
+    // Malformed or missing key files.
+    for (path, code) in [
+        (&trailing_path, "F0000"),
+        (&short_path, "F0000"),
+        (&missing_path, "58P01"),
+    ] {
+        set_session_key_file(&mut c, path);
+        let secret = openai_secret();
+        expect(
+            &mut c,
+            &put_sql,
+            [&tenant, "openai", &secret],
+            code,
+            "put with a bad key file",
+        );
+        expect(
+            &mut c,
+            &resolve_sql,
+            [&tenant, "openai", SCOPE],
+            code,
+            "resolve with a bad key file",
+        );
+        refused.push(secret);
+    }
+
+    // Back to the right file: reads succeed and answer what was stored.
+    c.batch_execute("RESET api_key_mgmt.master_key_file")
+        .unwrap();
+    assert_eq!(get_secret(&mut c, t, "openai", None), Some(stored.clone()));
+    assert_eq!(
+        resolve(&mut c, t, "openai", None).secret,
+        Some(stored.clone())
+    );
+    let failing = failing + 1; // the rotation above
+
+    let log = String::from_utf8_lossy(&cluster.log()).into_owned();
+    let logged = log.matches(&marker).count();
+    assert!(
+        logged >= failing,
+        "every failing statement must be in the server log ({logged} of {failing} found)"
+    );
+    for message in [
+        "is not registered",
+        "does not look like a key of provider",
+        "is not the key recorded for that version",
+        "is not in the master key file",
+        "the master key file is malformed",
+    ] {
+        assert!(log.contains(message), "the server log lacks \"{message}\"");
+    }
+    assert!(
+        !log.contains("terminated by signal"),
+        "a server process crashed"
+    );
+    for secret in [&stored, &restricted].into_iter().chain(&refused) {
+        let tail = &secret[secret.len().saturating_sub(32)..];
+        assert!(
+            !log.contains(secret.as_str()) && !log.contains(tail),
+            "the server log contains a secret"
+        );
+    }
+    let keys: Vec<&MasterKey> = [&right, &wrong, &only_v2]
+        .into_iter()
+        .flat_map(|f| &f.keys)
+        .chain([&trailing])
+        .collect();
+    for k in keys {
+        for form in k.forms() {
+            assert!(!log.contains(&form), "the server log contains a master key");
+        }
+    }
+    assert!(
+        !log.contains(&short),
+        "the server log contains a malformed file's key"
+    );
+}
+
+/// A backend sees a rewritten key file (same path, same inode) without reconnecting:
+/// rotate_master_key() finds the new active version and new secrets use it.
+#[test]
+fn secret_key_file_reload() {
+    let db = TestDb::new("it_sec_reload");
+    let cluster = db.cluster();
+    let v1 = MasterKey::random(1);
+    let mut file = KeyFile::create(cluster, "it_sec_reload", vec![v1.clone()], None);
+    let mut su = db.connect();
+    set_database_key_file(&mut su, &db.name, &file.path);
+
+    let mut c = db.connect();
+    let tenant = create_tenant(&mut c, "key file reload");
+    let t = Some(tenant.as_str());
+    let first = openai_secret();
+    let first_id = put_secret(&mut c, t, "openai", &first, None);
+    let platform = anthropic_secret();
+    let platform_id = put_secret(&mut c, None, "anthropic", &platform, None);
+    assert_eq!(secret_versions(&mut c, &first_id), (1, 1));
+    assert_eq!(secret_versions(&mut c, &platform_id), (1, 1));
+    assert_eq!(get_secret(&mut c, t, "openai", None), Some(first.clone()));
+    assert_eq!(try_rotate_master_key(&mut c).unwrap(), 1, "nothing new yet");
+
+    // Version 2 added, active, in the same file (rewritten in place).
+    let inode = std::fs::metadata(&file.path).unwrap().ino();
+    file.rewrite(vec![v1.clone(), MasterKey::random(2)], Some(2));
+    assert_eq!(std::fs::metadata(&file.path).unwrap().ino(), inode);
+    assert_eq!(
+        try_rotate_master_key(&mut c).unwrap(),
+        2,
+        "rotate_master_key in the same session after the file changed"
+    );
+    let second = anthropic_secret();
+    let second_id = put_secret(&mut c, t, "anthropic", &second, None);
+    assert_eq!(secret_versions(&mut c, &second_id), (2, 1));
+    // Replacing a secret seals it under the new version too; version 1 still decrypts.
+    let replaced = openai_secret();
+    assert_eq!(put_secret(&mut c, t, "openai", &replaced, None), first_id);
+    assert_eq!(secret_versions(&mut c, &first_id), (2, 2));
+    assert_eq!(
+        get_secret(&mut c, t, "openai", None),
+        Some(replaced.clone())
+    );
+    assert_eq!(get_secret(&mut c, t, "anthropic", None), Some(second));
+    assert_eq!(
+        get_secret(&mut c, None, "anthropic", None),
+        Some(platform.clone())
+    );
+    assert_eq!(secrets_per_version(&mut c), vec![(1, 1), (2, 2)]);
+    // Other sessions agree.
+    let mut other = db.connect();
+    assert_eq!(try_rotate_master_key(&mut other).unwrap(), 2);
+    assert_eq!(get_secret(&mut other, t, "openai", None), Some(replaced));
+
+    // The base64 spelling the leak checks look for is the same key to the extension.
+    let b64_path = key_dir(cluster).join("it_sec_reload_base64");
+    write_private(cluster, &b64_path, &format!("1 {}\n", base64(&v1.bytes)));
+    let key_check = |c: &mut Client| -> Vec<u8> {
+        c.query_one(
+            "SELECT key_check FROM api_key_mgmt_internal.master_keys() WHERE version = 1",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let from_hex = key_check(&mut other);
+    set_session_key_file(&mut other, &b64_path);
+    assert_eq!(key_check(&mut other), from_hex);
+    assert_eq!(
+        get_secret(&mut other, None, "anthropic", None),
+        Some(platform)
+    );
 }

@@ -8,6 +8,7 @@
 #
 #   tests/regress.sh              run; non-zero exit and a diff on any difference
 #   REGRESS_AUTO=1 tests/regress.sh   also promote the actual output to expected/
+#   tests/regress.sh 03_validate 07_secrets   only these (after setup and those before them)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${REGRESS_DIR:-/tmp/api_key_mgmt/regress}
@@ -38,13 +39,20 @@ echo "1 not-a-key" >"$keys/malformed"
 if [ "$(id -u)" = 0 ]; then chown -R postgres: "$keys"; fi
 chmod 600 "$keys"/*
 tests=(setup)
+last=${!#}
 for f in "$here"/pg_regress/sql/*.sql; do
     name=$(basename "$f" .sql)
-    [ "$name" = setup ] || tests+=("$name")
+    [ "$name" = setup ] && continue
+    # With names given, run every test up to the last one named (later tests build on
+    # the state earlier ones leave), promoting only the named ones.
+    if [ $# -gt 0 ] && [[ "$name" > "$last" ]]; then continue; fi
+    tests+=("$name")
 done
+promote=("${tests[@]}")
+[ $# -gt 0 ] && promote=("$@")
 
 if [ "${REGRESS_AUTO:-0}" = 1 ]; then
-    for t in "${tests[@]}"; do touch "$here/pg_regress/expected/$t.out"; done
+    for t in "${promote[@]}"; do touch "$here/pg_regress/expected/$t.out"; done
 fi
 
 status=0
@@ -53,7 +61,7 @@ status=0
     --dbname="$db" --inputdir="$here/pg_regress" --outputdir="$out" "${tests[@]}") || status=$?
 
 if [ "${REGRESS_AUTO:-0}" = 1 ]; then
-    for t in "${tests[@]}"; do cp "$out/results/$t.out" "$here/pg_regress/expected/$t.out"; done
+    for t in "${promote[@]}"; do cp "$out/results/$t.out" "$here/pg_regress/expected/$t.out"; done
     echo "regress: promoted actual output to tests/pg_regress/expected/"
 elif [ "$status" != 0 ]; then
     cat "$out/regression.diffs" 2>/dev/null || true

@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod keys;
+pub mod secrets;
 pub mod sql;
 
 use postgres::{Client, NoTls};
@@ -109,7 +110,8 @@ fn test_process_alive(pid: u32) -> bool {
         Ok(exe) => exe
             .file_name()
             .and_then(OsStr::to_str)
-            .is_some_and(|n| n.starts_with("integration")),
+            // Every test binary using this harness (tests/integration.rs, tests/tenancy.rs).
+            .is_some_and(|n| n.starts_with("integration") || n.starts_with("tenancy")),
         Err(_) => true,
     }
 }

@@ -5,12 +5,17 @@ GRANT USAGE ON SCHEMA regress TO PUBLIC;
 -- try(sql) -> 'ok' or '<SQLSTATE>: <message>': errors as data, so every expected
 -- SQLSTATE is part of the expected output (ids in messages shown as <uuid>).
 CREATE FUNCTION regress.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_detail text;
 BEGIN
     EXECUTE sql;
     RETURN 'ok';
 EXCEPTION WHEN others THEN
+    GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
     RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM,
-        '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
+        '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g')
+        -- PostgREST's own format carries the HTTP status and headers in the detail.
+        || CASE WHEN SQLSTATE = 'PGRST' THEN ' ' || v_detail ELSE '' END;
 END
 $$;
 -- use_keys(name): point api_key_mgmt.master_key_file at one of the test key files

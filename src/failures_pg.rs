@@ -1,0 +1,229 @@
+//! Failed-validation counters in shared memory (only with `shared_preload_libraries`):
+//! per key for keys that were found and refused, and per code for strings that are not
+//! keys. `validate_api_key` stays read-only (it works on standbys), and counting costs
+//! an atomic add or one short LWLock hold — never a table row per attempt.
+//!
+//! Layout: a [`Header`] (magic, per-code atomic counters, evictions) then
+//! [`SLOTS`] [`Slot`]s guarded by one LWLock (tranche `api_key_mgmt_failures`).
+
+use crate::failures::{self, Slot, N_CODES};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode, Uuid};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Keys tracked at once (least recently failed evicted beyond that).
+pub const SLOTS: usize = 4096;
+const TRANCHE: &CStr = c"api_key_mgmt_failures";
+const MAGIC: u64 = 0x616b_6d5f_6661_0001;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    unknown: [AtomicU64; N_CODES],
+    evictions: AtomicU64,
+}
+
+static mut SHARED: *mut Header = std::ptr::null_mut();
+static mut LOCK: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
+static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+fn size() -> usize {
+    std::mem::size_of::<Header>() + SLOTS * std::mem::size_of::<Slot>()
+}
+
+/// Called from `_PG_init`: install the hooks when preloading.
+pub fn init() {
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress {
+            return;
+        }
+        PREV_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(on_request);
+        PREV_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(on_startup);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_request() {
+    unsafe {
+        if let Some(prev) = PREV_REQUEST {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(size());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_startup() {
+    unsafe {
+        if let Some(prev) = PREV_STARTUP {
+            prev();
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let p = pg_sys::ShmemInitStruct(c"api_key_mgmt failures".as_ptr(), size(), &mut found)
+            as *mut Header;
+        if !found {
+            std::ptr::write_bytes(p as *mut u8, 0, size());
+            (*p).magic = MAGIC;
+        }
+        LOCK = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+        SHARED = p;
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+fn active() -> bool {
+    unsafe { !SHARED.is_null() && (*SHARED).magic == MAGIC }
+}
+
+unsafe fn slots() -> &'static mut [Slot] {
+    unsafe {
+        let base = (SHARED as *mut u8).add(std::mem::size_of::<Header>()) as *mut Slot;
+        std::slice::from_raw_parts_mut(base, SLOTS)
+    }
+}
+
+struct Locked;
+
+impl Locked {
+    fn acquire(mode: pg_sys::LWLockMode::Type) -> Locked {
+        unsafe { pg_sys::LWLockAcquire(&raw mut (*LOCK).lock, mode) };
+        Locked
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        unsafe { pg_sys::LWLockRelease(&raw mut (*LOCK).lock) };
+    }
+}
+
+/// Count a refusal of a string that is not a known key (no-op without preload).
+pub fn count_unknown(code: &str) {
+    if active() {
+        unsafe { (*SHARED).unknown[failures::code_index(code)].fetch_add(1, Ordering::Relaxed) };
+    }
+}
+
+/// Count a refusal of a found key (no-op without preload).
+pub fn count_key(key: [u8; 16], tenant: [u8; 16], code: &str, now: i64) {
+    if !active() {
+        return;
+    }
+    let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let table = unsafe { slots() };
+    let evicting =
+        !table.iter().any(|s| s.used != 0 && s.key == key) && table.iter().all(|s| s.used != 0);
+    failures::record(table, key, tenant, failures::code_index(code), now);
+    if evicting {
+        unsafe { (*SHARED).evictions.fetch_add(1, Ordering::Relaxed) };
+    }
+}
+
+fn require_active() {
+    if !active() {
+        pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "failed validations are counted only when api_key_mgmt is in shared_preload_libraries",
+            "api_key_mgmt",
+        )
+        .report(pgrx::PgLogLevel::ERROR);
+    }
+}
+
+fn by_code_json(counts: &[u32; N_CODES]) -> JsonB {
+    let map: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (failures::code_name(i).to_owned(), (*n).into()))
+        .collect();
+    JsonB(serde_json::Value::Object(map))
+}
+
+/// `validation_failures() RETURNS TABLE (key_id uuid, tenant_id uuid, failures bigint,
+/// by_code jsonb, first_failed_at timestamptz, last_failed_at timestamptz)` — refused
+/// validations of known keys since server start. Platform administrators see every
+/// tenant; tenant admins and owners their own tenant's keys.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn validation_failures() -> TableIterator<
+    'static,
+    (
+        name!(key_id, Uuid),
+        name!(tenant_id, Uuid),
+        name!(failures, i64),
+        name!(by_code, JsonB),
+        name!(first_failed_at, pgrx::datum::TimestampWithTimeZone),
+        name!(last_failed_at, pgrx::datum::TimestampWithTimeZone),
+    ),
+> {
+    require_active();
+    let visible = crate::tenancy_pg::visible_tenant_for_admin_views();
+    let rows: Vec<Slot> = {
+        let _lock = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
+        unsafe { slots() }
+            .iter()
+            .filter(|s| s.used != 0)
+            .filter(|s| visible.is_none_or(|t| t == s.tenant))
+            .copied()
+            .collect()
+    };
+    let ts = |micros: i64| {
+        pgrx::datum::TimestampWithTimeZone::try_from(micros).expect("valid timestamptz")
+    };
+    TableIterator::new(rows.into_iter().map(move |s| {
+        (
+            Uuid::from_bytes(s.key),
+            Uuid::from_bytes(s.tenant),
+            s.total as i64,
+            by_code_json(&s.by_code),
+            ts(s.first_at),
+            ts(s.last_at),
+        )
+    }))
+}
+
+/// `validation_failure_totals() RETURNS TABLE (code text, failures bigint)` — refusals
+/// of strings that were not known keys, per code, since server start (platform
+/// administrators only: it spans every tenant).
+#[pg_extern(sql = false)]
+fn validation_failure_totals() -> TableIterator<'static, (name!(code, String), name!(failures, i64))>
+{
+    require_active();
+    let rows: Vec<(String, i64)> = (0..N_CODES)
+        .map(|i| {
+            let n = unsafe { (*SHARED).unknown[i].load(Ordering::Relaxed) };
+            (failures::code_name(i).to_owned(), n as i64)
+        })
+        .filter(|(_, n)| *n > 0)
+        .chain(std::iter::once(("evicted_keys".to_owned(), unsafe {
+            (*SHARED).evictions.load(Ordering::Relaxed)
+        }
+            as i64)))
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// `reset_validation_failures() RETURNS void` — zero every counter (platform admins).
+#[pg_extern(sql = false)]
+fn reset_validation_failures() {
+    require_active();
+    let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
+    unsafe {
+        for s in slots().iter_mut() {
+            *s = Slot::default();
+        }
+        for c in (*SHARED).unknown.iter() {
+            c.store(0, Ordering::Relaxed);
+        }
+        (*SHARED).evictions.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,232 @@
+-- Metering: charges, caps and credits with exact numeric arithmetic, day and month
+-- rollover under a controlled clock, idempotency, reservations, rate limits, alerts,
+-- partitions, and what validate_api_key reports. The clock is
+-- api_key_mgmt.clock_override (superuser-only): no test sleeps.
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO';
+SET api_key_mgmt.clock_override = '2030-01-31 23:00:00+00';
+SELECT api_key_mgmt.create_tenant('Metered', '{*}', 'metered') AS t \gset
+SELECT key_id AS k, api_key AS key FROM api_key_mgmt.issue_api_key(:'t', 'agent', '{agents:*}') \gset
+SELECT key_id AS k2, api_key AS key2 FROM api_key_mgmt.issue_api_key(:'t', 'other', '{agents:*}') \gset
+-- Without caps every charge is admitted and logged.
+SELECT allowed, code, remaining_daily, remaining_monthly, remaining_credits, retry_after,
+       event_id IS NOT NULL AS logged
+  FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.25, 10, 'openai', 'gpt-4o');
+SELECT scope, provider, model, units, cost, key_source, occurred_at
+  FROM api_key_mgmt.usage_events WHERE key_id = :'k';
+
+-- Arguments are checked before any work, each with its SQLSTATE.
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(NULL, %L, 1)', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, NULL, 1)', :'k'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1)', :'k', 'agents:*'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, NULL)', :'k', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, -1)', :'k', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, %L)', :'k', 'agents:chat', 'NaN'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 0.0000000001)', :'k', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1e15)', :'k', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, -1)', :'k', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, provider => %L)', :'k', 'agents:chat', 'Open AI'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, idempotency_key => %L)', :'k', 'agents:chat', ''));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, metadata => %L)', :'k', 'agents:chat', '[1]'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, key_source => %L)', :'k', 'agents:chat', 'mine'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1)', '00000000-0000-0000-0000-000000000000', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_key_caps(%L, daily_cap => -5)', :'k'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_key_caps(%L, credits => 5, credits_refill => 5)', :'k'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_key_caps(%L, credits => 5, credits_refill => 5, credits_refill_period => %L)', :'k', 'week'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_key_caps(%L, credits_refill => 5, credits_refill_period => %L)', :'k', 'day'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_tenant_caps(%L, time_zone => %L)', :'t', 'Mars/Olympus'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_tenant_caps(%L, time_zone => NULL)', :'t'));
+SELECT regress.try($$SELECT api_key_mgmt.set_tenant_caps('00000000-0000-0000-0000-000000000000', 1)$$);
+
+-- A daily cap of 1.00 (0.25 already spent today): exact decimal arithmetic, never float.
+SELECT api_key_mgmt.set_key_caps(:'k', daily_cap => 1.00, monthly_cap => 100);
+SELECT allowed, code, remaining_daily, remaining_monthly
+  FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.1);
+SELECT allowed, code, remaining_daily FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.2);
+-- 0.45 left; 0.450000001 does not fit, 0.45 does exactly.
+SELECT allowed, code, remaining_daily, retry_after
+  FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.450000001);
+-- validate reports the state without writing.
+SELECT valid, code, remaining_daily, remaining_monthly, remaining_credits, retry_after
+  FROM api_key_mgmt.validate_api_key(:'key', 'agents:chat');
+SELECT allowed, code, remaining_daily FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.45);
+SELECT valid, code, remaining_daily, retry_after FROM api_key_mgmt.validate_api_key(:'key', 'agents:chat');
+-- Zero-cost charges still fit; anything else waits for tomorrow (UTC), an hour away.
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0);
+SELECT allowed, code, remaining_daily, retry_after FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.01);
+SELECT daily_cap, day_spent, daily_remaining, monthly_cap, month_spent FROM api_key_mgmt.meter_status WHERE key_id = :'k';
+-- Another key of the tenant is not affected.
+SELECT valid, code, remaining_daily FROM api_key_mgmt.validate_api_key(:'key2');
+
+-- The next day (and month): the daily and monthly totals start again.
+SET api_key_mgmt.clock_override = '2030-02-01 00:00:00+00';
+SELECT valid, code, remaining_daily, remaining_monthly FROM api_key_mgmt.validate_api_key(:'key');
+SELECT allowed, code, remaining_daily, remaining_monthly FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.5);
+SELECT day_spent, month_spent, day_ends_at, month_ends_at FROM api_key_mgmt.meter_status WHERE key_id = :'k';
+
+-- A monthly cap binds across days.
+SELECT api_key_mgmt.set_key_caps(:'k', daily_cap => 1, monthly_cap => 1.2);
+SET api_key_mgmt.clock_override = '2030-02-02 12:00:00+00';
+SELECT allowed, code, remaining_daily, remaining_monthly FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.7);
+SELECT allowed, code, remaining_daily, remaining_monthly, retry_after FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 0.2);
+SELECT code, retry_after FROM api_key_mgmt.validate_api_key(:'key');
+SELECT api_key_mgmt.set_key_caps(:'k');
+SELECT code, remaining_daily, remaining_monthly FROM api_key_mgmt.validate_api_key(:'key');
+
+-- Rollback leaves no trace: neither the totals nor the log.
+SELECT count(*) AS events_before FROM api_key_mgmt.usage_events WHERE key_id = :'k' \gset
+BEGIN;
+SELECT allowed FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 5);
+ROLLBACK;
+SELECT count(*) - :events_before AS new_events, (SELECT day_spent FROM api_key_mgmt.meter_status WHERE key_id = :'k') AS day_spent
+  FROM api_key_mgmt.usage_events WHERE key_id = :'k';
+
+-- Idempotency: the same key charges once; a replay answers duplicate with the outcome.
+SELECT allowed, code, event_id AS first_event FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 2, idempotency_key => 'req-1') \gset
+SELECT :'allowed' AS allowed, :'code' AS code;
+SELECT allowed, code, event_id = :'first_event' AS same_event
+  FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 2, idempotency_key => 'req-1');
+SELECT count(*) AS charged_once FROM api_key_mgmt.usage_events WHERE idempotency_key = 'req-1';
+-- The same idempotency key on another API key is another charge.
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 2, idempotency_key => 'req-1');
+-- A refused charge replays as refused.
+SELECT api_key_mgmt.set_key_caps(:'k2', daily_cap => 3);
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 2, idempotency_key => 'req-2');
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 2, idempotency_key => 'req-2');
+SELECT api_key_mgmt.set_key_caps(:'k2');
+
+-- Credits: a prepaid balance in the unit of cost, refilled daily.
+SELECT api_key_mgmt.set_key_caps(:'k', credits => 10, credits_refill => 10, credits_refill_period => 'day');
+SELECT allowed, code, remaining_credits FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 7.5);
+SELECT allowed, code, remaining_credits, retry_after FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 3);
+SELECT allowed, code, remaining_credits FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 2.5);
+SELECT valid, code, remaining_credits, retry_after FROM api_key_mgmt.validate_api_key(:'key');
+SET api_key_mgmt.clock_override = '2030-02-03 00:00:01+00';
+SELECT valid, code, remaining_credits FROM api_key_mgmt.validate_api_key(:'key');
+SELECT allowed, code, remaining_credits FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 1);
+-- Without a refill, exhausted credits stay exhausted (no retry_after).
+SELECT api_key_mgmt.set_key_caps(:'k', credits => 1);
+SELECT allowed, code, remaining_credits, retry_after FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 1.5);
+SELECT api_key_mgmt.set_key_caps(:'k');
+
+-- Tenant caps bind every key of the tenant; the first tenant cap takes over the
+-- month's totals from the log once. A per-tenant time zone moves the day boundary.
+SELECT sum(cost) AS tenant_spent_this_month FROM api_key_mgmt.usage_events
+ WHERE tenant_id = :'t' AND occurred_at >= '2030-02-01';
+SELECT api_key_mgmt.set_tenant_caps(:'t', daily_cap => 20, monthly_cap => 30, time_zone => 'America/New_York');
+SELECT subject, daily_cap, day_spent, monthly_cap, month_spent, day_ends_at, month_ends_at
+  FROM api_key_mgmt.meter_status WHERE tenant_id = :'t' AND key_id IS NULL;
+SELECT allowed, code, remaining_daily, remaining_monthly FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 4);
+SELECT allowed, code, remaining_daily, retry_after FROM api_key_mgmt.charge_api_key(:'k', 'agents:chat', 1);
+SELECT code, remaining_monthly FROM api_key_mgmt.validate_api_key(:'key2');
+SELECT api_key_mgmt.set_tenant_caps(:'t');
+
+-- Reservations: hold an estimate, settle the actual cost, or release; expiry.
+SELECT api_key_mgmt.set_key_caps(:'k', daily_cap => 10);
+SELECT allowed, code, remaining_daily, reservation_id AS r1
+  FROM api_key_mgmt.reserve_budget(:'k', 'agents:chat', 6) \gset
+SELECT :'allowed' AS allowed, :'code' AS code, :'remaining_daily' AS remaining_daily;
+SELECT allowed, code, remaining_daily FROM api_key_mgmt.reserve_budget(:'k', 'agents:chat', 5);
+SELECT allowed, code, remaining_daily, event_id IS NOT NULL AS logged
+  FROM api_key_mgmt.settle_reservation(:'r1', 4.5, units => 1200, provider => 'anthropic', model => 'claude-3-5-sonnet');
+SELECT cost, units, reservation_id = :'r1' AS from_reservation FROM api_key_mgmt.usage_events WHERE reservation_id = :'r1';
+SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, 1)', :'r1'));
+SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, -1)', :'r1'));
+SELECT regress.try(format('SELECT api_key_mgmt.reserve_budget(%L, %L, 1, %L)', :'k', 'agents:chat', '2 days'));
+SELECT reservation_id AS r2 FROM api_key_mgmt.reserve_budget(:'k', 'agents:chat', 2) \gset
+SELECT api_key_mgmt.release_reservation(:'r2') AS released, api_key_mgmt.release_reservation(:'r2') AS again;
+SELECT reservation_id AS r3 FROM api_key_mgmt.reserve_budget(:'k', 'agents:chat', 4, '10 minutes') \gset
+SELECT day_spent FROM api_key_mgmt.meter_status WHERE key_id = :'k';
+SELECT api_key_mgmt.expire_reservations() AS expired_too_early;
+SET api_key_mgmt.clock_override = '2030-02-03 00:10:01+00';
+SELECT api_key_mgmt.expire_reservations() AS expired;
+SELECT day_spent, (SELECT count(*) FROM api_key_mgmt.reservations) AS held FROM api_key_mgmt.meter_status WHERE key_id = :'k';
+SELECT api_key_mgmt.set_key_caps(:'k');
+
+-- Rate limits: 3 per second with a burst of 3, consumed by validate_api_key(cost => 1)
+-- (shared memory: this cluster preloads the library).
+SELECT api_key_mgmt.rate_limit_mode();
+SELECT api_key_mgmt.set_rate_limit(:'k2', 'per_second', 3, '1 second') IS NOT NULL AS set;
+SELECT code, rate_limit_remaining, retry_after FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT code, rate_limit_remaining, retry_after FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT code, rate_limit_remaining, retry_after FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT code, rate_limit_remaining, retry_after FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+-- cost 0 checks without consuming.
+SELECT code, rate_limit_remaining, retry_after FROM api_key_mgmt.validate_api_key(:'key2');
+SET api_key_mgmt.clock_override = '2030-02-03 00:10:01.333334+00';
+SELECT code, rate_limit_remaining FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT code FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+-- consume_rate_limit does the same for applications that validate elsewhere.
+SET api_key_mgmt.clock_override = '2030-02-03 00:10:05+00';
+SELECT * FROM api_key_mgmt.consume_rate_limit(:'k2', 2);
+SELECT * FROM api_key_mgmt.consume_rate_limit(:'k2', 2);
+SELECT * FROM api_key_mgmt.consume_rate_limit(:'k2', 5);
+-- A tenant limit is shared by its keys; limits of one call are all-or-nothing.
+SELECT api_key_mgmt.set_tenant_rate_limit(:'t', 'per_minute', 2, '1 minute', 2) IS NOT NULL AS set;
+SET api_key_mgmt.clock_override = '2030-02-03 00:11:00+00';
+SELECT code, rate_limit_remaining FROM api_key_mgmt.validate_api_key(:'key', cost => 1);
+SELECT code, rate_limit_remaining FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT code, rate_limit_remaining, retry_after FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT api_key_mgmt.remove_tenant_rate_limit(:'t', 'per_minute') AS removed,
+       api_key_mgmt.remove_tenant_rate_limit(:'t', 'per_minute') AS again;
+SELECT code, rate_limit_remaining FROM api_key_mgmt.validate_api_key(:'key2', cost => 1);
+SELECT name, max_requests, per, burst FROM api_key_mgmt.rate_limits ORDER BY name;
+SELECT regress.try(format('SELECT api_key_mgmt.set_rate_limit(%L, %L, 0, %L)', :'k2', 'x', '1 second'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_rate_limit(%L, %L, 1, %L)', :'k2', 'x', '1 month'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_rate_limit(%L, %L, 1, %L)', :'k2', 'x', '0.1 ms'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_rate_limit(%L, %L, 1, NULL)', :'k2', 'x'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_rate_limit(%L, %L, 1, %L)', :'k2', 'Per Second', '1 second'));
+SELECT regress.try(format('SELECT api_key_mgmt.set_rate_limit(%L, %L, 1, %L, 0)', :'k2', 'x', '1 second'));
+SELECT regress.try(format('SELECT api_key_mgmt.validate_api_key(%L, cost => -1)', :'key2'));
+SELECT api_key_mgmt.remove_rate_limit(:'k2', 'per_second') AS removed;
+-- A refused key consumes nothing and reports no metering.
+SELECT code, rate_limit_remaining FROM api_key_mgmt.validate_api_key('sk_live_nope', cost => 1);
+
+-- Alerts: once per period per threshold (the NOTIFY payloads are checked by the
+-- integration tests, which LISTEN; here the recorded levels).
+SET api_key_mgmt.clock_override = '2030-02-04 08:00:00+00';
+SELECT api_key_mgmt.set_key_caps(:'k2', daily_cap => 10);
+SELECT (api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 7)).allowed AS at_70 \gset
+SELECT :'at_70' AS at_70, day_alerted FROM api_key_mgmt.meters WHERE key_id = :'k2';
+SELECT (api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1)).allowed AS at_80 \gset
+SELECT :'at_80' AS at_80, day_alerted FROM api_key_mgmt.meters WHERE key_id = :'k2';
+SELECT (api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 2)).allowed AS at_100 \gset
+SELECT :'at_100' AS at_100, day_alerted FROM api_key_mgmt.meters WHERE key_id = :'k2';
+SELECT (api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1)).code AS over \gset
+SELECT :'over' AS over, day_alerted FROM api_key_mgmt.meters WHERE key_id = :'k2';
+SELECT api_key_mgmt.set_key_caps(:'k2', credits => 10);
+SELECT (api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 8.5)).allowed AS low \gset
+SELECT :'low' AS low, credits, credits_alerted FROM api_key_mgmt.meters WHERE key_id = :'k2';
+SELECT (api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 2)).code AS refused \gset
+SELECT :'refused' AS refused, credits, credits_alerted FROM api_key_mgmt.meters WHERE key_id = :'k2';
+SELECT api_key_mgmt.set_key_caps(:'k2');
+
+-- Partitions: created ahead by maintenance; rows that landed in the default partition
+-- move to their month.
+SELECT count(*) AS in_default FROM api_key_mgmt.usage_events_default;
+SELECT api_key_mgmt.create_usage_partitions(2) AS created;
+SELECT api_key_mgmt.create_usage_partitions(2) AS created_again;
+SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound, c.relrowsecurity, c.relforcerowsecurity
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+ WHERE i.inhparent = 'api_key_mgmt.usage_events'::regclass ORDER BY 1;
+SELECT count(*) AS in_default, (SELECT count(*) FROM api_key_mgmt.usage_events_y2030m02) AS in_february
+  FROM api_key_mgmt.usage_events_default;
+SELECT regress.try('SELECT api_key_mgmt.create_usage_partitions(61)');
+SELECT api_key_mgmt.run_metering_maintenance();
+
+-- Billing views.
+SELECT key_id = :'k' AS first_key, day, events, units, cost FROM api_key_mgmt.usage_daily
+ WHERE tenant_id = :'t' AND provider IS NULL ORDER BY 1 DESC, 2;
+SELECT month, sum(cost) AS cost FROM api_key_mgmt.usage_monthly WHERE tenant_id = :'t' GROUP BY 1 ORDER BY 1;
+SELECT (api_key_mgmt.charge_api_key(:'k', 'agents:chat', 1, key_source => 'byok')).allowed AS byok,
+       (api_key_mgmt.charge_api_key(:'k', 'agents:chat', 2, key_source => 'platform')).allowed AS platform;
+SELECT month, byok_cost, platform_cost, unknown_cost FROM api_key_mgmt.usage_by_key_source WHERE tenant_id = :'t' ORDER BY 1;
+
+-- The clock override is for superusers only.
+CREATE ROLE regress_meter_user;
+SET ROLE regress_meter_user;
+SELECT regress.try($$SET api_key_mgmt.clock_override = '2000-01-01'$$);
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1)', :'k', 'agents:chat'));
+RESET ROLE;
+DROP ROLE regress_meter_user;
+RESET api_key_mgmt.clock_override;
