@@ -16,6 +16,8 @@ CREATE TABLE api_key_mgmt.tenants (
     max_key_age     interval DEFAULT '90 days' CHECK (max_key_age > '0'::interval),
     -- Set: every key of the tenant answers tenant_disabled.
     disabled_at     timestamptz,
+    -- Has a row in meters (caps, credits or rate limits): validation then checks it.
+    metered         boolean NOT NULL DEFAULT false,
     settings        jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
@@ -47,6 +49,8 @@ CREATE TABLE api_key_mgmt.api_keys (
     rotated_to        uuid REFERENCES api_key_mgmt.api_keys (id) ON DELETE SET NULL,
     grace_until       timestamptz,
     imported          boolean NOT NULL DEFAULT false,
+    -- Has a row in meters (caps, credits or rate limits): validation then checks it.
+    metered           boolean NOT NULL DEFAULT false,
     created_by        text CHECK (pg_catalog.char_length(created_by) <= 200),
     metadata          jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(metadata) = 'object'),
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),

@@ -399,6 +399,8 @@ BEGIN
     INSERT INTO api_key_mgmt.meters (subject_id, tenant_id, key_id)
     SELECT k.id, k.tenant_id, k.id FROM api_key_mgmt.api_keys k WHERE k.id = p_key_id
     ON CONFLICT DO NOTHING;
+    -- Validation probes meters only for flagged keys.
+    UPDATE api_key_mgmt.api_keys k SET metered = true WHERE k.id = p_key_id AND NOT k.metered;
     SELECT * INTO m FROM api_key_mgmt.meters x WHERE x.subject_id = p_key_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'API key % does not exist', p_key_id USING ERRCODE = '42704';
@@ -424,6 +426,8 @@ BEGIN
     INSERT INTO api_key_mgmt.meters (subject_id, tenant_id)
     SELECT t.id, t.id FROM api_key_mgmt.tenants t WHERE t.id = p_tenant_id
     ON CONFLICT DO NOTHING;
+    -- Validation probes meters only for flagged tenants.
+    UPDATE api_key_mgmt.tenants t SET metered = true WHERE t.id = p_tenant_id AND NOT t.metered;
     SELECT * INTO m FROM api_key_mgmt.meters x WHERE x.subject_id = p_tenant_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = '42704';

@@ -6,11 +6,19 @@
 //! and hot standbys behave exactly as for a SELECT), copy the one matching tuple and
 //! deform it. Columns are found by name, so upgrade scripts may add columns freely.
 //!
+//! Relation OIDs and column names are cached per backend and dropped on any relcache
+//! invalidation (DROP/ALTER of the extension's tables, or a reset), so a probe costs
+//! no catalog lookups. The table lock is kept until the end of the transaction, as the
+//! executor does, so repeated probes do not go back to the lock manager.
+//!
 //! These lookups do not apply RLS or SELECT privileges: they are reached only through
 //! functions whose EXECUTE privilege is the gate.
 
 use pgrx::pg_sys;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
+use std::rc::Rc;
 
 pub const SCHEMA: &CStr = c"api_key_mgmt";
 
@@ -19,7 +27,7 @@ pub const SCHEMA: &CStr = c"api_key_mgmt";
 pub struct Row {
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
-    names: Vec<String>,
+    names: Rc<[String]>,
 }
 
 impl Row {
@@ -42,6 +50,70 @@ impl Row {
         let i = self.index(name);
         unsafe { T::from_datum(self.values[i], self.nulls[i]) }
     }
+}
+
+/// What a backend remembers about one of the extension's relations.
+#[derive(Clone)]
+struct Cached {
+    oid: pg_sys::Oid,
+    /// Column names of a table, by position (empty names for dropped columns).
+    names: Option<Rc<[String]>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<&'static CStr, Cached>> = RefCell::new(HashMap::new());
+    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    // Any relcache invalidation may concern our tables (or be a reset): forget it all.
+    CACHE.with(|c| {
+        if let Ok(mut m) = c.try_borrow_mut() {
+            m.clear();
+        }
+    });
+}
+
+fn cached(name: &'static CStr) -> Cached {
+    if !CALLBACK.with(|c| c.replace(true)) {
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0usize))
+        };
+    }
+    if let Some(c) = CACHE.with(|c| c.borrow().get(name).cloned()) {
+        return c;
+    }
+    let entry = Cached {
+        oid: relation_oid(name),
+        names: None,
+    };
+    CACHE.with(|c| c.borrow_mut().insert(name, entry.clone()));
+    entry
+}
+
+/// Column names of an open table, cached with its OID.
+unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[String]> {
+    if let Some(n) = CACHE.with(|c| c.borrow().get(name).and_then(|e| e.names.clone())) {
+        return n;
+    }
+    let natts = unsafe { (*tupdesc).natts } as usize;
+    let names: Rc<[String]> = unsafe { (*tupdesc).attrs.as_slice(natts) }
+        .iter()
+        .map(|a| {
+            if a.attisdropped {
+                String::new()
+            } else {
+                a.name().to_owned()
+            }
+        })
+        .collect();
+    CACHE.with(|c| {
+        if let Some(e) = c.borrow_mut().get_mut(name) {
+            e.names = Some(names.clone());
+        }
+    });
+    names
 }
 
 /// OID of `api_key_mgmt.<name>`, or an ERROR if the extension is not installed here.
@@ -76,8 +148,8 @@ pub struct Key<'a> {
 /// Look up the single row of `api_key_mgmt.<table>` whose `column`, indexed by the
 /// unique single-column index `<index>`, equals `key`.
 pub fn lookup_unique(
-    table: &CStr,
-    index: &CStr,
+    table: &'static CStr,
+    index: &'static CStr,
     column: &str,
     eq_proc: u32,
     key: pg_sys::Datum,
@@ -96,9 +168,9 @@ pub fn lookup_unique(
 /// Look up the first row of `api_key_mgmt.<table>` matching every key through the
 /// unique index `<index>`. Keys are given in the index's column order; text columns
 /// probed this way are declared `COLLATE "C"` (the scan keys' collation).
-pub fn lookup(table: &CStr, index: &CStr, keys: &[Key]) -> Option<Row> {
-    let relid = relation_oid(table);
-    let indexid = relation_oid(index);
+pub fn lookup(table: &'static CStr, index: &'static CStr, keys: &[Key]) -> Option<Row> {
+    let relid = cached(table).oid;
+    let indexid = cached(index).oid;
     unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let snapshot = if pg_sys::ActiveSnapshotSet() {
@@ -155,32 +227,23 @@ pub fn lookup(table: &CStr, index: &CStr, keys: &[Key]) -> Option<Row> {
             let mut values = vec![pg_sys::Datum::from(0usize); natts];
             let mut nulls = vec![true; natts];
             pg_sys::heap_deform_tuple(copy, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            let names = attrs
-                .iter()
-                .map(|a| {
-                    if a.attisdropped {
-                        String::new()
-                    } else {
-                        a.name().to_owned()
-                    }
-                })
-                .collect();
             Some(Row {
                 values,
                 nulls,
-                names,
+                names: column_names(table, tupdesc),
             })
         };
         pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        // Keep the lock to the end of the transaction, as the executor does.
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         row
     }
 }
 
 /// Every row of `api_key_mgmt.<table>` (a heap scan under the active snapshot): for the
 /// small configuration tables only.
-pub fn scan_all(table: &CStr) -> Vec<Row> {
-    let relid = relation_oid(table);
+pub fn scan_all(table: &'static CStr) -> Vec<Row> {
+    let relid = cached(table).oid;
     let mut rows = Vec::new();
     unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
@@ -191,18 +254,7 @@ pub fn scan_all(table: &CStr) -> Vec<Row> {
         };
         let tupdesc = (*rel).rd_att;
         let natts = (*tupdesc).natts as usize;
-        let names: Vec<String> = (*tupdesc)
-            .attrs
-            .as_slice(natts)
-            .iter()
-            .map(|a| {
-                if a.attisdropped {
-                    String::new()
-                } else {
-                    a.name().to_owned()
-                }
-            })
-            .collect();
+        let names = column_names(table, tupdesc);
         let scan = pg_sys::systable_beginscan(
             rel,
             pg_sys::InvalidOid,
@@ -227,7 +279,7 @@ pub fn scan_all(table: &CStr) -> Vec<Row> {
             });
         }
         pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
     rows
 }

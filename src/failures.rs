@@ -47,23 +47,46 @@ pub struct Slot {
     pub by_code: [u32; N_CODES],
 }
 
+/// Slots a key may occupy: a window starting at its hash, so a lookup touches at most
+/// this many slots whatever the table's size.
+pub const WINDOW: usize = 32;
+
+fn home(key: &[u8; 16], n: usize) -> usize {
+    // Keys are random uuids: their first bytes are already uniform.
+    (u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) % n as u64) as usize
+}
+
 /// Count one failure of `key` (of `tenant`) with `code` at `now`. A new key takes a free
-/// slot, else the slot whose last failure is oldest (its counts are lost, which the
-/// caller may report as an eviction).
-pub fn record(slots: &mut [Slot], key: [u8; 16], tenant: [u8; 16], code: usize, now: i64) {
-    if slots.is_empty() {
-        return;
+/// slot of its window, else the window's slot whose last failure is oldest. Returns
+/// whether another key's counts were evicted.
+pub fn record(slots: &mut [Slot], key: [u8; 16], tenant: [u8; 16], code: usize, now: i64) -> bool {
+    let n = slots.len();
+    if n == 0 {
+        return false;
     }
-    let i = match slots.iter().position(|s| s.used != 0 && s.key == key) {
+    let start = home(&key, n);
+    let window = WINDOW.min(n);
+    let (mut found, mut free, mut oldest) = (None, None, start);
+    for j in 0..window {
+        let i = (start + j) % n;
+        let s = &slots[i];
+        if s.used != 0 && s.key == key {
+            found = Some(i);
+            break;
+        }
+        if s.used == 0 {
+            free.get_or_insert(i);
+        } else if s.last_at < slots[oldest].last_at || slots[oldest].used == 0 {
+            oldest = i;
+        }
+    }
+    let mut evicted = false;
+    let i = match found {
         Some(i) => i,
         None => {
-            let i = slots.iter().position(|s| s.used == 0).unwrap_or_else(|| {
-                slots
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, s)| s.last_at)
-                    .map(|(i, _)| i)
-                    .expect("non-empty")
+            let i = free.unwrap_or_else(|| {
+                evicted = true;
+                oldest
             });
             slots[i] = Slot {
                 used: 1,
@@ -79,6 +102,7 @@ pub fn record(slots: &mut [Slot], key: [u8; 16], tenant: [u8; 16], code: usize, 
     s.total = s.total.saturating_add(1);
     s.by_code[code.min(OTHER)] = s.by_code[code.min(OTHER)].saturating_add(1);
     s.last_at = now;
+    evicted
 }
 
 #[cfg(test)]
@@ -110,10 +134,10 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_failed() {
         let mut t = vec![Slot::default(); 2];
-        record(&mut t, k(1), k(9), 0, 10);
-        record(&mut t, k(2), k(9), 0, 20);
-        record(&mut t, k(1), k(9), 0, 30); // key 1 is now the most recent
-        record(&mut t, k(3), k(9), 0, 40); // evicts key 2
+        assert!(!record(&mut t, k(1), k(9), 0, 10));
+        assert!(!record(&mut t, k(2), k(9), 0, 20));
+        assert!(!record(&mut t, k(1), k(9), 0, 30)); // key 1 is now the most recent
+        assert!(record(&mut t, k(3), k(9), 0, 40)); // evicts key 2
         let keys: Vec<_> = t.iter().map(|s| s.key[0]).collect();
         assert!(keys.contains(&1) && keys.contains(&3) && !keys.contains(&2));
         assert_eq!(t.iter().find(|s| s.key == k(1)).unwrap().total, 2);

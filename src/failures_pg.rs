@@ -13,7 +13,7 @@ use pgrx::{JsonB, PgSqlErrorCode, Uuid};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Keys tracked at once (least recently failed evicted beyond that).
+/// Keys tracked at once (least recently failed evicted within a key's probe window).
 pub const SLOTS: usize = 4096;
 const TRANCHE: &CStr = c"api_key_mgmt_failures";
 const MAGIC: u64 = 0x616b_6d5f_6661_0001;
@@ -118,11 +118,13 @@ pub fn count_key(key: [u8; 16], tenant: [u8; 16], code: &str, now: i64) {
         return;
     }
     let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
-    let table = unsafe { slots() };
-    let evicting =
-        !table.iter().any(|s| s.used != 0 && s.key == key) && table.iter().all(|s| s.used != 0);
-    failures::record(table, key, tenant, failures::code_index(code), now);
-    if evicting {
+    if failures::record(
+        unsafe { slots() },
+        key,
+        tenant,
+        failures::code_index(code),
+        now,
+    ) {
         unsafe { (*SHARED).evictions.fetch_add(1, Ordering::Relaxed) };
     }
 }

@@ -262,10 +262,15 @@ fn meter_row(subject: pg_sys::Datum) -> Option<Row> {
 /// only (validation never writes; `consume_rate_limit` consumes there).
 ///
 /// # Safety
-/// `key_id` and `tenant_id` must be uuid datums.
-pub unsafe fn report(key_id: pg_sys::Datum, tenant_id: pg_sys::Datum, cost: i32) -> Report {
-    let key = meter_row(key_id);
-    let tenant = meter_row(tenant_id);
+/// `key_id` and `tenant_id` (those that have a meter) must be uuid datums.
+pub unsafe fn report(
+    key_id: Option<pg_sys::Datum>,
+    tenant_id: Option<pg_sys::Datum>,
+    cost: i32,
+) -> Report {
+    // Only keys and tenants flagged `metered` have a meter row to probe.
+    let key = key_id.and_then(meter_row);
+    let tenant = tenant_id.and_then(meter_row);
     let mut out = Report::default();
     if key.is_none() && tenant.is_none() {
         return out;

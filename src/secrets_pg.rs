@@ -30,7 +30,7 @@ fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
 /// their recorded key-check values since.
 struct Keyring {
     path: String,
-    stamp: (i64, i64, u64, u64),
+    stamp: (i64, i64, u64, u64, i64, i64),
     keys: MasterKeys,
     verified: HashSet<i32>,
 }
@@ -62,7 +62,14 @@ fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
             "It must be readable by the server's OS user.",
         ),
     };
-    let stamp = (meta.mtime(), meta.mtime_nsec(), meta.len(), meta.ino());
+    let stamp = (
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len(),
+        meta.ino(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    );
     KEYRING.with(|cell| {
         let mut slot = cell.borrow_mut();
         let fresh = matches!(&*slot, Some(k) if k.path == path && k.stamp == stamp);
@@ -179,8 +186,9 @@ fn crypto_error(e: CryptoError, secret_id: Uuid) -> ! {
     }
 }
 
-/// A stored secret row, decrypted. The plaintext is wiped when dropped.
-fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
+/// A stored secret row, decrypted. The plaintext is wiped when dropped. Also used by
+/// `resolve_proxy_token` (src/agents_pg.rs).
+pub(crate) fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
     let id: Uuid = row.get("id").expect("id is NOT NULL");
     let tenant: Option<Uuid> = row.get("tenant_id");
     let provider: String = row.get("provider").expect("provider is NOT NULL");

@@ -189,7 +189,12 @@ unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
         let mut code = validation::decide(&key_facts, &tenant_facts, &req, now);
         if code == Code::Ok {
             let key_id = key_row.datum("id").expect("id is NOT NULL");
-            let m = crate::metering_pg::report(key_id, tenant_id, cost);
+            let metered = |row: &Row| row.get::<bool>("metered").unwrap_or(false);
+            let m = crate::metering_pg::report(
+                metered(&key_row).then_some(key_id),
+                metered(&tenant_row).then_some(tenant_id),
+                cost,
+            );
             code = m.code.unwrap_or(Code::Ok);
             let num = |v: Option<crate::metering::Money>| {
                 v.and_then(|x| {
