@@ -85,7 +85,7 @@ test-regress:
 # Layer 4: integration tests over real connections to clusters they start themselves.
 test-integration:
 	$(SUDO) env "PATH=$$PATH" cargo pgrx install --pg-config $(PG_CONFIG)
-	cargo test --test integration -- --test-threads=2
+	cargo test --test integration --test tenancy -- --test-threads=2
 
 ## bench: pgbench, floor and extension side by side, printed as ratios.
 bench: install

@@ -8,16 +8,19 @@
 -- authenticate_request in this transaction; the setting api_key_mgmt.tenant_id; a JWT
 -- claim), or NULL. Use it in RLS policies of your own tables.
 CREATE FUNCTION api_key_mgmt.current_tenant_id() RETURNS uuid
-    STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
+    STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'current_tenant_id_wrapper';
 -- current_tenant_role() -> text: owner | admin | member | viewer in that tenant, or NULL.
 CREATE FUNCTION api_key_mgmt.current_tenant_role() RETURNS text
-    STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'current_tenant_role_wrapper';
+    STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'current_tenant_role_wrapper';
 -- current_user_id() -> text: the JWT sub claim, else the setting api_key_mgmt.user_id.
 CREATE FUNCTION api_key_mgmt.current_user_id() RETURNS text
-    STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'current_user_id_wrapper';
+    STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'current_user_id_wrapper';
 -- current_key_id() -> uuid: the API key this transaction authenticated with, or NULL.
 CREATE FUNCTION api_key_mgmt.current_key_id() RETURNS uuid
-    STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'current_key_id_wrapper';
+    STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'current_key_id_wrapper';
+
+-- PARALLEL RESTRICTED: the request's key lives in the leader's memory, which parallel
+-- workers cannot see.
 
 -- Internal (owner only).
 CREATE FUNCTION api_key_mgmt_internal.set_request_key(tenant_id uuid, key_id uuid) RETURNS void
@@ -95,6 +98,9 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON api_key_mgmt.audit
     FOR EACH ROW EXECUTE FUNCTION api_key_mgmt_internal.audit_log_append_only();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON api_key_mgmt.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION api_key_mgmt_internal.audit_log_append_only();
+-- Fire even with session_replication_role = replica.
+ALTER TABLE api_key_mgmt.audit_log ENABLE ALWAYS TRIGGER audit_log_no_update;
+ALTER TABLE api_key_mgmt.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
 
 -- audit(tenant_id, action, target_type, target_id, details): append one entry, with
 -- the actor and, from PostgREST's request.headers, the client IP and user agent.

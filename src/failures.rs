@@ -39,6 +39,8 @@ pub fn code_name(i: usize) -> &'static str {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slot {
     pub used: u32,
+    /// The database the key lives in (tenants and keys are per database).
+    pub db: u32,
     pub key: [u8; 16],
     pub tenant: [u8; 16],
     pub total: u64,
@@ -59,7 +61,14 @@ fn home(key: &[u8; 16], n: usize) -> usize {
 /// Count one failure of `key` (of `tenant`) with `code` at `now`. A new key takes a free
 /// slot of its window, else the window's slot whose last failure is oldest. Returns
 /// whether another key's counts were evicted.
-pub fn record(slots: &mut [Slot], key: [u8; 16], tenant: [u8; 16], code: usize, now: i64) -> bool {
+pub fn record(
+    slots: &mut [Slot],
+    db: u32,
+    key: [u8; 16],
+    tenant: [u8; 16],
+    code: usize,
+    now: i64,
+) -> bool {
     let n = slots.len();
     if n == 0 {
         return false;
@@ -70,7 +79,7 @@ pub fn record(slots: &mut [Slot], key: [u8; 16], tenant: [u8; 16], code: usize, 
     for j in 0..window {
         let i = (start + j) % n;
         let s = &slots[i];
-        if s.used != 0 && s.key == key {
+        if s.used != 0 && s.key == key && s.db == db {
             found = Some(i);
             break;
         }
@@ -90,6 +99,7 @@ pub fn record(slots: &mut [Slot], key: [u8; 16], tenant: [u8; 16], code: usize, 
             });
             slots[i] = Slot {
                 used: 1,
+                db,
                 key,
                 tenant,
                 first_at: now,
@@ -117,10 +127,10 @@ mod tests {
     #[test]
     fn counts_per_key_and_code() {
         let mut t = vec![Slot::default(); 4];
-        record(&mut t, k(1), k(9), code_index("revoked"), 10);
-        record(&mut t, k(1), k(9), code_index("revoked"), 11);
-        record(&mut t, k(1), k(9), code_index("scope_denied"), 12);
-        record(&mut t, k(2), k(9), code_index("expired"), 13);
+        record(&mut t, 1, k(1), k(9), code_index("revoked"), 10);
+        record(&mut t, 1, k(1), k(9), code_index("revoked"), 11);
+        record(&mut t, 1, k(1), k(9), code_index("scope_denied"), 12);
+        record(&mut t, 1, k(2), k(9), code_index("expired"), 13);
         let s1 = t.iter().find(|s| s.key == k(1)).unwrap();
         assert_eq!(s1.total, 3);
         assert_eq!(s1.by_code[code_index("revoked")], 2);
@@ -134,10 +144,10 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_failed() {
         let mut t = vec![Slot::default(); 2];
-        assert!(!record(&mut t, k(1), k(9), 0, 10));
-        assert!(!record(&mut t, k(2), k(9), 0, 20));
-        assert!(!record(&mut t, k(1), k(9), 0, 30)); // key 1 is now the most recent
-        assert!(record(&mut t, k(3), k(9), 0, 40)); // evicts key 2
+        assert!(!record(&mut t, 1, k(1), k(9), 0, 10));
+        assert!(!record(&mut t, 1, k(2), k(9), 0, 20));
+        assert!(!record(&mut t, 1, k(1), k(9), 0, 30)); // key 1 is now the most recent
+        assert!(record(&mut t, 1, k(3), k(9), 0, 40)); // evicts key 2
         let keys: Vec<_> = t.iter().map(|s| s.key[0]).collect();
         assert!(keys.contains(&1) && keys.contains(&3) && !keys.contains(&2));
         assert_eq!(t.iter().find(|s| s.key == k(1)).unwrap().total, 2);
@@ -150,7 +160,7 @@ mod tests {
         fn exact_with_room(events in proptest::collection::vec((0u8..8, 0usize..N_CODES), 0..200)) {
             let mut t = vec![Slot::default(); 8];
             for (i, (key, code)) in events.iter().enumerate() {
-                record(&mut t, k(*key), k(0), *code, i as i64);
+                record(&mut t, 1, k(*key), k(0), *code, i as i64);
             }
             for key in 0u8..8 {
                 let want = events.iter().filter(|(x, _)| *x == key).count() as u64;

@@ -117,9 +117,11 @@ pub fn count_key(key: [u8; 16], tenant: [u8; 16], code: &str, now: i64) {
     if !active() {
         return;
     }
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
     if failures::record(
         unsafe { slots() },
+        db,
         key,
         tenant,
         failures::code_index(code),
@@ -169,11 +171,12 @@ fn validation_failures() -> TableIterator<
 > {
     require_active();
     let visible = crate::tenancy_pg::visible_tenant_for_admin_views();
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let rows: Vec<Slot> = {
         let _lock = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
         unsafe { slots() }
             .iter()
-            .filter(|s| s.used != 0)
+            .filter(|s| s.used != 0 && s.db == db)
             .filter(|s| visible.is_none_or(|t| t == s.tenant))
             .copied()
             .collect()
@@ -194,8 +197,9 @@ fn validation_failures() -> TableIterator<
 }
 
 /// `validation_failure_totals() RETURNS TABLE (code text, failures bigint)` — refusals
-/// of strings that were not known keys, per code, since server start (platform
-/// administrators only: it spans every tenant).
+/// of strings that were not known keys, per code, since server start, for the whole
+/// cluster (a string that is not a key belongs to no database; platform administrators
+/// only).
 #[pg_extern(sql = false)]
 fn validation_failure_totals() -> TableIterator<'static, (name!(code, String), name!(failures, i64))>
 {
@@ -214,13 +218,15 @@ fn validation_failure_totals() -> TableIterator<'static, (name!(code, String), n
     TableIterator::new(rows)
 }
 
-/// `reset_validation_failures() RETURNS void` — zero every counter (platform admins).
+/// `reset_validation_failures() RETURNS void` — zero this database's key counters and
+/// the cluster-wide per-code counters (platform admins).
 #[pg_extern(sql = false)]
 fn reset_validation_failures() {
     require_active();
     let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
     unsafe {
-        for s in slots().iter_mut() {
+        let db = pg_sys::MyDatabaseId.to_u32();
+        for s in slots().iter_mut().filter(|s| s.db == db) {
             *s = Slot::default();
         }
         for c in (*SHARED).unknown.iter() {

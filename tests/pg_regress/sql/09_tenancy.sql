@@ -201,6 +201,10 @@ SELECT DISTINCT action FROM api_key_mgmt.audit_log ORDER BY action;
 SELECT regress.try('UPDATE api_key_mgmt.audit_log SET actor = actor');
 SELECT regress.try('DELETE FROM api_key_mgmt.audit_log');
 SELECT regress.try('TRUNCATE api_key_mgmt.audit_log');
+-- Not even with triggers off for replication.
+SET session_replication_role = replica;
+SELECT regress.try('DELETE FROM api_key_mgmt.audit_log');
+RESET session_replication_role;
 SELECT regress.try($$SELECT api_key_mgmt.purge_audit_log('1 hour')$$);
 SELECT api_key_mgmt.purge_audit_log('1 day') AS purged;
 SELECT action, details FROM api_key_mgmt.audit_log WHERE action = 'audit.purged';
