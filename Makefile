@@ -89,8 +89,9 @@ test-integration:
 
 ## bench: pgbench, floor and extension side by side, printed as ratios.
 bench: install
-	benches/run.sh
-	benches/metering.sh   # metering: charge and rate-limited validate vs floors (issue 4)
+	benches/run.sh        # keys: validate_api_key vs a side-table floor, and a hand-written plpgsql version
+	benches/secrets.sh    # secrets: get_tenant_secret vs the same floor, and pgp_sym_decrypt
+	benches/metering.sh   # metering: charge and rate-limited validate vs floors
 
 fmt:
 	cargo fmt
