@@ -312,8 +312,10 @@ END
 $$;
 
 -- issue_api_key(tenant_id, name, scopes, expires_at, environment, allowed_providers,
---               allowed_models, metadata, created_by) -> (key_id, api_key, display_prefix)
--- The only time the key is ever shown.
+--               allowed_models, metadata, created_by, daily_cap, monthly_cap, credits)
+--               -> (key_id, api_key, display_prefix)
+-- The only time the key is ever shown. Caps and credits given here are set as by
+-- set_key_caps (which needs the tenant role admin).
 CREATE FUNCTION api_key_mgmt.issue_api_key(
     tenant_id uuid,
     name text,
@@ -323,7 +325,10 @@ CREATE FUNCTION api_key_mgmt.issue_api_key(
     allowed_providers text[] DEFAULT NULL,
     allowed_models text[] DEFAULT NULL,
     metadata jsonb DEFAULT '{}',
-    created_by text DEFAULT NULL
+    created_by text DEFAULT NULL,
+    daily_cap numeric DEFAULT NULL,
+    monthly_cap numeric DEFAULT NULL,
+    credits numeric DEFAULT NULL
 ) RETURNS TABLE (key_id uuid, api_key text, display_prefix text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -353,6 +358,11 @@ BEGIN
         pg_catalog.jsonb_build_object('name', issue_api_key.name, 'scopes', issue_api_key.scopes,
             'environment', issue_api_key.environment, 'display_prefix', v_new.display_prefix,
             'expires_at', issue_api_key.expires_at));
+    IF issue_api_key.daily_cap IS NOT NULL OR issue_api_key.monthly_cap IS NOT NULL
+       OR issue_api_key.credits IS NOT NULL THEN
+        PERFORM api_key_mgmt.set_key_caps(issue_api_key.key_id, issue_api_key.daily_cap,
+            issue_api_key.monthly_cap, issue_api_key.credits);
+    END IF;
     issue_api_key.api_key := v_new.api_key;
     issue_api_key.display_prefix := v_new.display_prefix;
     RETURN NEXT;

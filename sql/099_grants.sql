@@ -19,7 +19,7 @@ GRANT EXECUTE ON FUNCTION
     api_key_mgmt.update_tenant(uuid, jsonb),
     api_key_mgmt.disable_tenant(uuid),
     api_key_mgmt.enable_tenant(uuid),
-    api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text),
+    api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text, numeric, numeric, numeric),
     api_key_mgmt.import_api_key(uuid, text, text, text[], timestamptz, text, text[], text[], jsonb, text),
     api_key_mgmt.revoke_api_key(uuid, text),
     api_key_mgmt.rotate_api_key(uuid, interval),
@@ -81,7 +81,7 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     api_key_mgmt.add_tenant_member(uuid, text, text),
     api_key_mgmt.remove_tenant_member(uuid, text),
-    api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text),
+    api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text, numeric, numeric, numeric),
     api_key_mgmt.import_api_key(uuid, text, text, text[], timestamptz, text, text[], text[], jsonb, text),
     api_key_mgmt.revoke_api_key(uuid, text),
     api_key_mgmt.rotate_api_key(uuid, interval),
@@ -159,3 +159,38 @@ GRANT EXECUTE ON FUNCTION
     api_key_mgmt.reset_validation_failures()
     TO api_key_mgmt_admin;
 GRANT SELECT ON api_key_mgmt.security_key_failures TO api_key_mgmt_admin, api_key_mgmt_user;
+
+-- ---------------------------------------------------------------------------------
+-- Agent access (sql/010_agents.sql, issue 6).
+-- The backend service (the agent runtime) requests access, issues proxy tokens,
+-- ends sessions and is the only role that resolves proxy tokens; it cannot approve.
+-- Tenant admins register tools and decide requests (checked by the functions);
+-- platform administrators run the maintenance and read everything but token hashes.
+-- ---------------------------------------------------------------------------------
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.resolve_proxy_token(text, text),
+    api_key_mgmt.request_secret_access(uuid, text, text[], text, text, interval, jsonb),
+    api_key_mgmt.issue_proxy_token(uuid, text, integer),
+    api_key_mgmt.revoke_session(uuid, text)
+    TO api_key_mgmt_service;
+GRANT EXECUTE ON FUNCTION
+    api_key_mgmt.create_project(uuid, text, text),
+    api_key_mgmt.set_secret_labels(uuid, text, text[]),
+    api_key_mgmt.register_agent_tool(uuid, text, text, text[], text[], text, interval, integer, text),
+    api_key_mgmt.update_agent_tool(uuid, text, jsonb),
+    api_key_mgmt.disable_agent_tool(uuid, text),
+    api_key_mgmt.request_secret_access(uuid, text, text[], text, text, interval, jsonb),
+    api_key_mgmt.approve_access_request(uuid, text),
+    api_key_mgmt.deny_access_request(uuid, text),
+    api_key_mgmt.issue_proxy_token(uuid, text, integer),
+    api_key_mgmt.revoke_session(uuid, text)
+    TO api_key_mgmt_admin, api_key_mgmt_user;
+GRANT EXECUTE ON FUNCTION api_key_mgmt.run_agent_maintenance() TO api_key_mgmt_admin;
+GRANT SELECT ON api_key_mgmt.projects, api_key_mgmt.agent_tools, api_key_mgmt.access_requests,
+    api_key_mgmt.agent_sessions, api_key_mgmt.security_events
+    TO api_key_mgmt_admin, api_key_mgmt_user;
+-- Proxy tokens: every column but the hash.
+GRANT SELECT (id, tenant_id, session_id, secret_id, secret_name, environment, display_prefix,
+              max_uses, uses, created_at, last_used_at, revoked_at)
+    ON api_key_mgmt.proxy_tokens TO api_key_mgmt_admin, api_key_mgmt_user;
+GRANT SELECT (project_id, tags) ON api_key_mgmt.tenant_secrets TO api_key_mgmt_admin, api_key_mgmt_user;

@@ -12,6 +12,10 @@
 //! | `api_key_mgmt.audit_secret_reads` | bool | superuser | on |
 //! | `api_key_mgmt.clock_override` | text (timestamptz) | superuser | unset: the real clock |
 //! | `api_key_mgmt.rate_limit_slots` | integer | server start | 65536 |
+//! | `api_key_mgmt.agent_request_timeout` | integer (s) | superuser | 1h |
+//! | `api_key_mgmt.agent_retention` | integer (s) | superuser | 30d |
+//! | `api_key_mgmt.agent_maintenance_interval` | integer (s) | sighup | 60s (0: off) |
+//! | `api_key_mgmt.agent_maintenance_database` | text | sighup (read at worker start) | `postgres` |
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
@@ -85,8 +89,71 @@ pub fn clock_override() -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
+// --- agent access (issue 6) ----------------------------------------------------
+
+/// How long a pending access request waits for a decision before it expires.
+pub static AGENT_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// How long ended requests, sessions, tokens and security events are kept.
+pub static AGENT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 86400);
+/// Seconds between two runs of `run_agent_maintenance()` by the background worker.
+pub static AGENT_MAINTENANCE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// The database the maintenance worker connects to.
+pub static AGENT_MAINTENANCE_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+fn init_agents() {
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.agent_request_timeout",
+        c"How long a pending agent access request waits for a decision.",
+        c"Past it, the request expires (run_agent_maintenance, or when an admin tries to decide).",
+        &AGENT_REQUEST_TIMEOUT,
+        1,
+        30 * 86400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.agent_retention",
+        c"How long ended agent requests, sessions, proxy tokens and security events are kept.",
+        c"run_agent_maintenance() deletes older ones.",
+        &AGENT_RETENTION,
+        3600,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.agent_maintenance_interval",
+        c"Seconds between runs of run_agent_maintenance() by the background worker.",
+        c"The worker runs only with shared_preload_libraries; 0 pauses it.",
+        &AGENT_MAINTENANCE_INTERVAL,
+        0,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"api_key_mgmt.agent_maintenance_database",
+        c"The database the agent maintenance worker connects to.",
+        c"Read when the worker starts; it does nothing where the extension is not installed.",
+        &AGENT_MAINTENANCE_DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The maintenance worker's database.
+pub fn agent_maintenance_database() -> String {
+    AGENT_MAINTENANCE_DATABASE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres".to_owned())
+}
+
 pub fn init() {
     init_metering();
+    init_agents();
     GucRegistry::define_string_guc(
         c"api_key_mgmt.tenant_id",
         c"The tenant an app server acts for in this transaction.",

@@ -9,6 +9,8 @@
 
 use pgrx::prelude::*;
 
+pub mod agents;
+pub mod agents_pg;
 pub mod catalog;
 pub mod crypto;
 pub mod errors;
@@ -65,6 +67,11 @@ extension_sql_file!(
     name = "tenancy",
     requires = ["metering"]
 );
+extension_sql_file!(
+    "../sql/010_agents.sql",
+    name = "agents",
+    requires = ["tenancy"]
+);
 extension_sql_file!("../sql/099_grants.sql", name = "grants", finalize);
 
 #[pg_guard]
@@ -73,6 +80,7 @@ pub extern "C-unwind" fn _PG_init() {
     failures_pg::init();
     logmask_pg::install();
     ratelimit_pg::init();
+    agents_pg::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -8,6 +8,9 @@ mod common;
 // Metering (issue 4): caps, idempotency, alerts, partitions, rate limits in both modes.
 #[path = "it/metering.rs"]
 mod metering;
+// Agent access (issue 6): tools, requests, sessions, proxy tokens, maintenance worker.
+#[path = "it/agents.rs"]
+mod agents;
 
 use common::keys::{body, random_alnum, unissued_native_key, with_bad_checksum};
 use common::secrets::*;

@@ -1944,6 +1944,12 @@ fn request_context_in_parallel_workers() {
             .iter()
             .skip_while(|l| !l[0].contains("Gather"))
             .any(|l| l[0].contains("current_tenant_id"));
-    assert!(!filter_in_worker, "the policy ran in a parallel worker: {plan:?}");
-    assert_eq!(n, 100_000, "rows of the key's tenant under a parallel-friendly plan");
+    assert!(
+        !filter_in_worker,
+        "the policy ran in a parallel worker: {plan:?}"
+    );
+    assert_eq!(
+        n, 100_000,
+        "rows of the key's tenant under a parallel-friendly plan"
+    );
 }

@@ -230,3 +230,9 @@ SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1)', :'k',
 RESET ROLE;
 DROP ROLE regress_meter_user;
 RESET api_key_mgmt.clock_override;
+
+-- Caps and credits can be set when the key is issued.
+SELECT key_id AS capped FROM api_key_mgmt.issue_api_key(:'t', 'capped at issue', '{agents:*}',
+    daily_cap => 5, monthly_cap => 50, credits => 100) \gset
+SELECT daily_cap, monthly_cap, credits FROM api_key_mgmt.meter_status WHERE key_id = :'capped';
+SELECT regress.try(format('SELECT api_key_mgmt.issue_api_key(%L, %L, %L, daily_cap => -1)', :'t', 'bad cap', '{agents:*}'));
