@@ -1811,7 +1811,7 @@ fn dump_restore_tenancy() {
             "SELECT p.oid::regprocedure::text, has_function_privilege('dr_app', p.oid, 'EXECUTE')
                FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'api_key_mgmt_internal'::regnamespace
-                 OR p.oid = 'api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text)'::regprocedure
+                 OR p.oid = 'api_key_mgmt.issue_api_key(uuid, text, text[], timestamptz, text, text[], text[], jsonb, text, numeric, numeric, numeric)'::regprocedure
               ORDER BY 1",
             &[],
         )
