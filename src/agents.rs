@@ -52,33 +52,12 @@ pub fn decide(risk_level: &str, auto_approve_medium: bool) -> Decision {
     }
 }
 
-/// `*` matches any run of characters (including none); everything else literally.
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), name.as_bytes());
-    let (mut pi, mut si) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while si < s.len() {
-        if pi < p.len() && p[pi] != b'*' && p[pi] == s[si] {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
 /// Whether any declared pattern covers the requested name.
 pub fn declared<'a>(patterns: impl IntoIterator<Item = &'a str>, name: &str) -> bool {
-    patterns.into_iter().any(|p| wildcard_match(p, name))
+    // `*` matches any run of characters: the same rule as the route table's patterns.
+    patterns
+        .into_iter()
+        .any(|p| crate::tenancy::glob_match(p, name))
 }
 
 /// Why a proxy token is refused. Messages never say more than the reason.
@@ -225,8 +204,8 @@ mod tests {
         assert!(declared(decl, "payments/eu/live"));
         assert!(!declared(decl, "anthropic"));
         assert!(declared(["*"], "anything"));
-        assert!(wildcard_match("a*b*c", "aXXbYYc"));
-        assert!(!wildcard_match("a*b*c", "aXXbYY"));
+        assert!(declared(["a*b*c"], "aXXbYYc"));
+        assert!(!declared(["a*b*c"], "aXXbYY"));
     }
 
     #[test]
