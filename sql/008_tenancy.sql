@@ -102,6 +102,10 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON api_key_mgmt.audit_log
 ALTER TABLE api_key_mgmt.audit_log ENABLE ALWAYS TRIGGER audit_log_no_update;
 ALTER TABLE api_key_mgmt.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
 
+-- json_object_or_null(text) -> jsonb: the text as a JSON object, NULL if it is not one.
+CREATE FUNCTION api_key_mgmt_internal.json_object_or_null(value text) RETURNS jsonb
+    IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'json_object_or_null_wrapper';
+
 -- audit(tenant_id, action, target_type, target_id, details): append one entry, with
 -- the actor and, from PostgREST's request.headers, the client IP and user agent.
 CREATE FUNCTION api_key_mgmt_internal.audit(
@@ -111,11 +115,9 @@ DECLARE
     v_headers jsonb;
     v_role text := api_key_mgmt_internal.invoker_name();
 BEGIN
-    BEGIN
-        v_headers := NULLIF(pg_catalog.current_setting('request.headers', true), '')::jsonb;
-    EXCEPTION WHEN others THEN
-        v_headers := NULL;
-    END;
+    -- Set by PostgREST as a JSON object; anything else is ignored (no subtransaction:
+    -- this runs on every audited operation, secret reads included).
+    v_headers := api_key_mgmt_internal.json_object_or_null(pg_catalog.current_setting('request.headers', true));
     INSERT INTO api_key_mgmt.audit_log
         (tenant_id, actor, actor_role, action, target_type, target_id, details, client_ip, user_agent)
     VALUES (p_tenant_id, COALESCE(api_key_mgmt.current_user_id(), v_role), v_role, p_action,
@@ -254,11 +256,8 @@ DECLARE
     v_scope text;
     v_result api_key_mgmt.key_validation;
 BEGIN
-    BEGIN
-        v_headers := COALESCE(NULLIF(pg_catalog.current_setting('request.headers', true), '')::jsonb, '{}');
-    EXCEPTION WHEN others THEN
-        v_headers := '{}';
-    END;
+    v_headers := COALESCE(api_key_mgmt_internal.json_object_or_null(
+        pg_catalog.current_setting('request.headers', true)), '{}');
     SELECT * INTO v_route FROM api_key_mgmt_internal.route_scope(
         COALESCE(NULLIF(pg_catalog.current_setting('request.method', true), ''), 'GET'),
         COALESCE(NULLIF(pg_catalog.current_setting('request.path', true), ''), '/'));

@@ -37,6 +37,8 @@ struct Keyring {
 
 thread_local! {
     static KEYRING: RefCell<Option<Keyring>> = const { RefCell::new(None) };
+    /// The prepared INSERT of `secret.decrypted` audit entries.
+    static AUDIT_READ_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Run `f` with the master keys, reading the file again whenever its path, size,
@@ -439,18 +441,36 @@ fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
     }
     let id: Uuid = row.get("id").expect("id is NOT NULL");
     let tenant: Option<Uuid> = row.get("tenant_id");
-    Spi::run_with_args(
-        "SELECT api_key_mgmt_internal.audit($1, 'secret.decrypted', 'secret', $2, \
-         pg_catalog.jsonb_build_object('provider', $3, 'source', $4, 'scope', $5))",
-        &[
-            tenant.into(),
-            id.to_string().into(),
-            provider.into(),
-            source.as_str().into(),
-            scope.into(),
-        ],
-    )
-    .unwrap_or_else(|e| {
+    let args = [
+        tenant.into(),
+        id.to_string().into(),
+        provider.into(),
+        source.as_str().into(),
+        scope.into(),
+    ];
+    // One plan per backend (SPI_keepplan: the plan cache revalidates it after DDL).
+    let result = Spi::connect_mut(|client| {
+        AUDIT_READ_PLAN.with(|cell| {
+            let mut plan = cell.borrow_mut();
+            if plan.is_none() {
+                let text = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
+                let uuid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::UUIDOID);
+                *plan = Some(
+                    client
+                        .prepare_mut(
+                            "SELECT api_key_mgmt_internal.audit($1, 'secret.decrypted', 'secret', $2, \
+                             pg_catalog.jsonb_build_object('provider', $3, 'source', $4, 'scope', $5))",
+                            &[uuid, text, text, text, text],
+                        )?
+                        .keep(),
+                );
+            }
+            client
+                .update(plan.as_ref().expect("prepared above"), None, &args)
+                .map(|_| ())
+        })
+    });
+    result.unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("could not write the audit entry of a secret read: {e}"),

@@ -327,3 +327,13 @@ fn glob_match(pattern: &str, path: &str) -> bool {
 fn request_api_key(headers: pgrx::JsonB, header: &str) -> Option<String> {
     tenancy::api_key_from_headers(&headers.0, header)
 }
+
+/// `json_object_or_null(value text) RETURNS jsonb` — internal: `value` parsed as a JSON
+/// object, NULL for anything else (no error, so callers need no subtransaction).
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn json_object_or_null(value: Option<&str>) -> Option<pgrx::JsonB> {
+    match serde_json::from_str::<Value>(value?) {
+        Ok(v @ Value::Object(_)) => Some(pgrx::JsonB(v)),
+        _ => None,
+    }
+}
