@@ -10,13 +10,13 @@
 -- actor() -> text: who is acting, for created_by and the audit log: the JWT sub, the
 -- setting api_key_mgmt.user_id, or the database role.
 CREATE FUNCTION api_key_mgmt_internal.actor() RETURNS text
-    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE sql STABLE AS $$
     SELECT COALESCE(api_key_mgmt.current_user_id(), api_key_mgmt_internal.invoker_name());
 $$;
 
 -- check_text(what, value, max_len): 22004 for NULL, 22023 for empty or too long.
 CREATE FUNCTION api_key_mgmt_internal.check_text(what text, value text, max_len integer)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF value IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', what USING ERRCODE = '22004';
@@ -30,7 +30,7 @@ $$;
 -- check_scopes(what, scopes, plan): 22004 NULL array or element, 22023 empty, bad
 -- syntax or (when plan is given) a scope outside the tenant's plan.
 CREATE FUNCTION api_key_mgmt_internal.check_scopes(what text, scopes text[], plan text[])
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_bad text;
 BEGIN
@@ -64,7 +64,7 @@ $$;
 
 -- check_allowlists(providers, models): NULL means any; otherwise non-empty and valid.
 CREATE FUNCTION api_key_mgmt_internal.check_allowlists(providers text[], models text[])
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF providers IS NOT NULL AND (pg_catalog.cardinality(providers) NOT BETWEEN 1 AND 64
         OR NOT api_key_mgmt_internal.providers_valid(providers)) THEN
@@ -83,7 +83,7 @@ $$;
 
 -- check_future(what, ts): a timestamp given must lie in the future.
 CREATE FUNCTION api_key_mgmt_internal.check_future(what text, ts timestamptz)
-    RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF ts IS NOT NULL AND ts <= pg_catalog.now() THEN
         RAISE EXCEPTION '% must be in the future', what USING ERRCODE = '22023';
@@ -93,7 +93,7 @@ $$;
 
 -- check_object(what, value): jsonb must be an object.
 CREATE FUNCTION api_key_mgmt_internal.check_object(what text, value jsonb)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF value IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', what USING ERRCODE = '22004';
@@ -107,7 +107,7 @@ $$;
 -- tenant_row(tenant_id, for_keys): the tenant, locked against concurrent changes;
 -- 22004 NULL id, 42704 no such tenant, 55000 disabled (when for_keys).
 CREATE FUNCTION api_key_mgmt_internal.tenant_row(p_tenant_id uuid, for_keys boolean)
-    RETURNS api_key_mgmt.tenants LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.tenants LANGUAGE plpgsql AS $$
 DECLARE
     v api_key_mgmt.tenants;
 BEGIN
@@ -127,7 +127,7 @@ $$;
 
 -- key_row(key_id): the key, locked FOR UPDATE; 22004 NULL id, 42704 no such key.
 CREATE FUNCTION api_key_mgmt_internal.key_row(p_key_id uuid)
-    RETURNS api_key_mgmt.api_keys LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.api_keys LANGUAGE plpgsql AS $$
 DECLARE
     v api_key_mgmt.api_keys;
 BEGIN
@@ -145,7 +145,7 @@ $$;
 -- authorize_key(key): 42501 unless the caller administers the key's tenant, or is a
 -- member acting on a key it created itself.
 CREATE FUNCTION api_key_mgmt_internal.authorize_key(v api_key_mgmt.api_keys) RETURNS void
-    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF api_key_mgmt_internal.authorize(v.tenant_id, 'member') = 'member'
        AND v.created_by IS DISTINCT FROM api_key_mgmt_internal.actor() THEN
@@ -263,7 +263,7 @@ $$;
 
 -- text_array(what, value jsonb) -> text[]: a JSON array of strings, else 22023/22004.
 CREATE FUNCTION api_key_mgmt_internal.text_array(what text, value jsonb) RETURNS text[]
-    LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF value IS NULL OR pg_catalog.jsonb_typeof(value) = 'null' THEN
         RETURN NULL;

@@ -153,7 +153,7 @@ CREATE FUNCTION api_key_mgmt_internal.secret_preview(secret text) RETURNS text
 -- ensure_key_version() -> integer: the active master key version, its key-check value
 -- recorded on first use, or 28000 when the file's key does not match the one recorded.
 CREATE FUNCTION api_key_mgmt_internal.ensure_key_version() RETURNS integer
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql AS $$
 DECLARE
     v_version integer;
     v_check bytea;
@@ -181,7 +181,7 @@ $$;
 -- check_provider_key(provider, secret): 42704 unknown provider, 22023 when the
 -- secret does not look like the provider's keys.
 CREATE FUNCTION api_key_mgmt_internal.check_provider_key(p_provider text, p_secret text)
-    RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v api_key_mgmt.providers;
 BEGIN
@@ -208,7 +208,7 @@ $$;
 
 -- check_environment(environment): dev | staging | prod.
 CREATE FUNCTION api_key_mgmt_internal.check_secret_environment(p_environment text)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_environment IS NULL OR p_environment NOT IN ('dev', 'staging', 'prod') THEN
         RAISE EXCEPTION 'environment must be ''dev'', ''staging'' or ''prod''' USING ERRCODE = '22023';
@@ -414,7 +414,7 @@ $$;
 -- authorize_secret(secret_id): 42704 no such secret, 42501 unless the caller
 -- administers its tenant (platform administrators for platform defaults).
 CREATE FUNCTION api_key_mgmt_internal.authorize_secret(p_secret_id uuid) RETURNS void
-    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_tenant uuid;
 BEGIN

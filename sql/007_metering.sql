@@ -228,7 +228,7 @@ SELECT pg_catalog.pg_extension_config_dump('api_key_mgmt.reservations', '');
 -- check_amount(what, value, nullable): money is numeric, 0 <= value < 10^15, at most 9
 -- decimal places. 22004 NULL (unless nullable), 22023 otherwise.
 CREATE FUNCTION api_key_mgmt_internal.check_amount(what text, value numeric, nullable boolean)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF value IS NULL THEN
         IF NOT nullable THEN
@@ -247,7 +247,7 @@ $$;
 -- period_ends(now, tz) -> the ends of the day and month containing now in tz.
 CREATE FUNCTION api_key_mgmt_internal.period_ends(p_now timestamptz, p_tz text,
                                                   OUT day_end timestamptz, OUT month_end timestamptz)
-    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE sql STABLE AS $$
     SELECT (pg_catalog.date_trunc('day', p_now AT TIME ZONE p_tz) + '1 day'::interval) AT TIME ZONE p_tz,
            (pg_catalog.date_trunc('month', p_now AT TIME ZONE p_tz) + '1 month'::interval) AT TIME ZONE p_tz
 $$;
@@ -255,7 +255,7 @@ $$;
 -- meter_roll(meter, now, tz) -> the meter as of now: totals of ended periods reset,
 -- alert levels with them, credits refilled when their refill period ended.
 CREATE FUNCTION api_key_mgmt_internal.meter_roll(m api_key_mgmt.meters, p_now timestamptz, p_tz text)
-    RETURNS api_key_mgmt.meters LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.meters LANGUAGE plpgsql STABLE AS $$
 DECLARE
     e record;
 BEGIN
@@ -282,14 +282,14 @@ $$;
 
 -- needs_roll(meter, now) -> whether meter_roll would change anything.
 CREATE FUNCTION api_key_mgmt_internal.needs_roll(m api_key_mgmt.meters, p_now timestamptz)
-    RETURNS boolean LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT m.day_ends_at IS NULL OR p_now >= m.day_ends_at OR p_now >= m.month_ends_at
         OR (m.credits_refill_period IS NOT NULL AND (m.credits_until IS NULL OR p_now >= m.credits_until))
 $$;
 
 -- alert_level(cap, spent) -> 0, 80 or 100 (percent of the cap reached).
 CREATE FUNCTION api_key_mgmt_internal.alert_level(cap numeric, spent numeric)
-    RETURNS smallint LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS smallint LANGUAGE sql IMMUTABLE AS $$
     SELECT (CASE WHEN cap IS NULL THEN 0
                  WHEN spent >= cap THEN 100
                  WHEN spent * 100 >= cap * 80 THEN 80
@@ -300,7 +300,7 @@ $$;
 -- at commit; nothing on rollback). Payload: see README, "Alerts".
 CREATE FUNCTION api_key_mgmt_internal.notify(p_kind text, p_threshold integer,
                                              m api_key_mgmt.meters, p_now timestamptz)
-    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('api_key_mgmt_alerts', pg_catalog.jsonb_build_object(
         'kind', p_kind,
@@ -322,7 +322,7 @@ $$;
 -- daily cap, monthly cap or credits ('daily', 'monthly', 'credits'), which counts as
 -- reaching 100%.
 CREATE FUNCTION api_key_mgmt_internal.meter_alerts(m api_key_mgmt.meters, p_now timestamptz, p_refused text)
-    RETURNS api_key_mgmt.meters LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.meters LANGUAGE plpgsql AS $$
 DECLARE
     v smallint;
 BEGIN
@@ -356,7 +356,7 @@ $$;
 
 -- meter_save(meter): write back the totals, credits and alert state.
 CREATE FUNCTION api_key_mgmt_internal.meter_save(m api_key_mgmt.meters)
-    RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE sql AS $$
     UPDATE api_key_mgmt.meters SET
         day_spent = m.day_spent, day_ends_at = m.day_ends_at, day_alerted = m.day_alerted,
         month_spent = m.month_spent, month_ends_at = m.month_ends_at, month_alerted = m.month_alerted,
@@ -368,7 +368,7 @@ $$;
 -- refusal_alert(meter, now, code): a refusal by this meter's cap or credits is the
 -- 100% alert, once per period; the meter is written only when an alert was sent.
 CREATE FUNCTION api_key_mgmt_internal.refusal_alert(m api_key_mgmt.meters, p_now timestamptz, p_code text)
-    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     n api_key_mgmt.meters;
 BEGIN
@@ -385,7 +385,7 @@ $$;
 -- key_meter(key_id) -> the key's meter, locked FOR UPDATE, created when missing;
 -- 22004 NULL id, 42704 no such key.
 CREATE FUNCTION api_key_mgmt_internal.key_meter(p_key_id uuid)
-    RETURNS api_key_mgmt.meters LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.meters LANGUAGE plpgsql AS $$
 DECLARE
     m api_key_mgmt.meters;
 BEGIN
@@ -412,7 +412,7 @@ $$;
 -- tenant_meter(tenant_id, create) -> the tenant's meter locked FOR UPDATE (created
 -- when missing if create; otherwise NULL fields when there is none).
 CREATE FUNCTION api_key_mgmt_internal.tenant_meter(p_tenant_id uuid, p_create boolean)
-    RETURNS api_key_mgmt.meters LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.meters LANGUAGE plpgsql AS $$
 DECLARE
     m api_key_mgmt.meters;
 BEGIN
@@ -438,14 +438,14 @@ $$;
 
 -- metered(meter) -> whether a tenant meter has anything to enforce.
 CREATE FUNCTION api_key_mgmt_internal.metered(m api_key_mgmt.meters)
-    RETURNS boolean LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT m.subject_id IS NOT NULL
        AND (m.daily_cap IS NOT NULL OR m.monthly_cap IS NOT NULL OR m.credits IS NOT NULL)
 $$;
 
 -- check_charge(what...): the common argument checks of charge_api_key and reserve_budget.
 CREATE FUNCTION api_key_mgmt_internal.check_charge(p_key_id uuid, p_scope text, p_what text, p_cost numeric)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_key_id IS NULL THEN
         RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = '22004';
@@ -466,7 +466,7 @@ CREATE FUNCTION api_key_mgmt_internal.meter_decide(k api_key_mgmt.meters, t api_
         p_cost numeric, p_now timestamptz,
         OUT code text, OUT remaining_daily numeric, OUT remaining_monthly numeric,
         OUT remaining_credits numeric, OUT retry_after interval, OUT refused_by text)
-    LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     kd numeric := k.daily_cap - k.day_spent;
     td numeric := t.daily_cap - t.day_spent;
@@ -504,7 +504,7 @@ $$;
 -- by set_key_caps and set_tenant_caps; the meter is locked.
 CREATE FUNCTION api_key_mgmt_internal.set_caps(m api_key_mgmt.meters, p_daily numeric, p_monthly numeric,
         p_credits numeric, p_refill numeric, p_period text, p_tz text)
-    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := api_key_mgmt_internal.meter_now();
     e record;
@@ -545,7 +545,7 @@ $$;
 -- key_tenant_admin(key_id) -> uuid: the key's tenant, after checking that the caller
 -- administers it (42501; platform admins then get 42704 for a missing key downstream).
 CREATE FUNCTION api_key_mgmt_internal.key_tenant_admin(p_key_id uuid) RETURNS uuid
-    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_tenant uuid;
 BEGIN
@@ -863,7 +863,7 @@ $$;
 -- period it was made), logs the usage (settle), deletes the reservation.
 CREATE FUNCTION api_key_mgmt_internal.finish_reservation(p_id uuid, p_actual numeric, p_units bigint,
         p_provider text, p_model text, p_metadata jsonb, p_key_source text, p_mode text)
-    RETURNS api_key_mgmt.charge_result LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.charge_result LANGUAGE plpgsql AS $$
 DECLARE
     res api_key_mgmt.reservations;
     k api_key_mgmt.meters;
@@ -1009,7 +1009,7 @@ $$;
 -- sync_limits(subject): mirror the subject's rate limits into its meter (what
 -- validate_api_key reads).
 CREATE FUNCTION api_key_mgmt_internal.sync_limits(p_subject uuid)
-    RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE sql AS $$
     UPDATE api_key_mgmt.meters m SET
         limit_ids = l.ids, limit_period_us = l.periods, limit_max = l.maxes, limit_burst = l.bursts,
         updated_at = pg_catalog.now()
@@ -1024,7 +1024,7 @@ $$;
 -- put_limit(meter, name, max_requests, per, burst) -> uuid
 CREATE FUNCTION api_key_mgmt_internal.put_limit(m api_key_mgmt.meters, p_name text, p_max integer,
                                                 p_per interval, p_burst integer)
-    RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_us bigint;
     v_id uuid;
@@ -1069,7 +1069,7 @@ $$;
 
 -- drop_limit(subject, name) -> boolean
 CREATE FUNCTION api_key_mgmt_internal.drop_limit(p_subject uuid, p_name text)
-    RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
     IF p_name IS NULL THEN
         RAISE EXCEPTION 'name must not be NULL' USING ERRCODE = '22004';

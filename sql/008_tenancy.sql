@@ -110,7 +110,7 @@ CREATE FUNCTION api_key_mgmt_internal.json_object_or_null(value text) RETURNS js
 -- the actor and, from PostgREST's request.headers, the client IP and user agent.
 CREATE FUNCTION api_key_mgmt_internal.audit(
     p_tenant_id uuid, p_action text, p_target_type text, p_target_id text, p_details jsonb DEFAULT '{}'
-) RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_headers jsonb;
     v_role text := api_key_mgmt_internal.invoker_name();
@@ -232,7 +232,7 @@ $$;
 -- deny(status, code, message, headers): raise in PostgREST's format, so the client gets
 -- the HTTP status (and headers) given. Never carries the key.
 CREATE FUNCTION api_key_mgmt_internal.deny(p_status integer, p_code text, p_message text, p_headers jsonb)
-    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     RAISE SQLSTATE 'PGRST' USING
         MESSAGE = pg_catalog.jsonb_build_object('code', p_code, 'message', p_message,

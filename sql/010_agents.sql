@@ -155,7 +155,7 @@ CREATE INDEX security_events_time_idx ON api_key_mgmt.security_events (occurred_
 CREATE FUNCTION api_key_mgmt_internal.security_event(
     p_tenant_id uuid, p_kind text, p_severity text, p_subject_type text, p_subject_id text,
     p_details jsonb DEFAULT '{}'
-) RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v api_key_mgmt.security_events;
 BEGIN
@@ -177,7 +177,7 @@ $$;
 
 -- check_environments(what, environments): 1 to 3 of dev, staging, prod.
 CREATE FUNCTION api_key_mgmt_internal.check_environments(what text, environments text[])
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF environments IS NULL OR pg_catalog.array_position(environments, NULL) IS NOT NULL THEN
         RAISE EXCEPTION '% must not be or contain NULL', what USING ERRCODE = '22004';
@@ -191,7 +191,7 @@ $$;
 
 -- check_names(what, names, max): 1 to max non-empty names of at most 200 characters.
 CREATE FUNCTION api_key_mgmt_internal.check_names(what text, names text[], max integer)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF names IS NULL OR pg_catalog.array_position(names, NULL) IS NOT NULL THEN
         RAISE EXCEPTION '% must not be or contain NULL', what USING ERRCODE = '22004';
@@ -205,7 +205,7 @@ $$;
 
 -- project_id(tenant_id, name): 42704 when the tenant has no such project; NULL for NULL.
 CREATE FUNCTION api_key_mgmt_internal.project_id(p_tenant_id uuid, p_name text)
-    RETURNS uuid LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS uuid LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v uuid;
 BEGIN
@@ -222,7 +222,7 @@ $$;
 
 -- open_session(request) -> uuid: an approved request's session, from now on.
 CREATE FUNCTION api_key_mgmt_internal.open_session(r api_key_mgmt.access_requests)
-    RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
 BEGIN
@@ -238,7 +238,7 @@ $$;
 
 -- end_sessions(ids, status, reason): end active sessions and revoke their tokens.
 CREATE FUNCTION api_key_mgmt_internal.end_sessions(p_ids uuid[], p_status text, p_reason text)
-    RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_count bigint;
 BEGIN
@@ -378,7 +378,7 @@ $$;
 
 -- tool_row(tenant_id, tool_key): the tool, locked; 42704 when unknown.
 CREATE FUNCTION api_key_mgmt_internal.tool_row(p_tenant_id uuid, p_tool_key text)
-    RETURNS api_key_mgmt.agent_tools LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.agent_tools LANGUAGE plpgsql AS $$
 DECLARE
     v api_key_mgmt.agent_tools;
 BEGIN
@@ -598,7 +598,7 @@ $$;
 -- request_row(request_id): the request, locked, after authorizing a tenant admin;
 -- 42704 unknown, 55000 no longer pending (a pending one past its deadline expires).
 CREATE FUNCTION api_key_mgmt_internal.pending_request(p_request_id uuid)
-    RETURNS api_key_mgmt.access_requests LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS api_key_mgmt.access_requests LANGUAGE plpgsql AS $$
 DECLARE
     v api_key_mgmt.access_requests;
 BEGIN
@@ -758,7 +758,7 @@ $$;
 -- Internal, for resolve_proxy_token: count one use of a token (NULL when it has none
 -- left) and audit the read. Called by the Rust code after its checks.
 CREATE FUNCTION api_key_mgmt_internal.use_proxy_token(p_token_id uuid)
-    RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v api_key_mgmt.proxy_tokens;
 BEGIN
