@@ -356,13 +356,16 @@ $$;
 
 -- meter_save(meter): write back the totals, credits and alert state.
 CREATE FUNCTION api_key_mgmt_internal.meter_save(m api_key_mgmt.meters)
-    RETURNS void LANGUAGE sql AS $$
-    UPDATE api_key_mgmt.meters SET
+    RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    -- plpgsql, not SQL: its plan is cached for the session (called on every charge).
+    UPDATE api_key_mgmt.meters x SET
         day_spent = m.day_spent, day_ends_at = m.day_ends_at, day_alerted = m.day_alerted,
         month_spent = m.month_spent, month_ends_at = m.month_ends_at, month_alerted = m.month_alerted,
         credits = m.credits, credits_until = m.credits_until, credits_granted = m.credits_granted,
         credits_alerted = m.credits_alerted
-     WHERE subject_id = m.subject_id
+     WHERE x.subject_id = m.subject_id;
+END
 $$;
 
 -- refusal_alert(meter, now, code): a refusal by this meter's cap or credits is the
