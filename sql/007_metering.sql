@@ -439,6 +439,52 @@ BEGIN
 END
 $$;
 
+-- meter_spend(meter, amount, now, day_ends, month_ends) -> the meter with amount
+-- added to its day's and month's totals and taken from its credits, alerts raised and
+-- saved. day_ends / month_ends given: add to that total only while it is still the
+-- period the amount was held in (reservations).
+CREATE FUNCTION api_key_mgmt_internal.meter_spend(m api_key_mgmt.meters, p_amount numeric, p_now timestamptz,
+        p_day_ends timestamptz DEFAULT NULL, p_month_ends timestamptz DEFAULT NULL)
+    RETURNS api_key_mgmt.meters LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_day_ends IS NULL OR m.day_ends_at = p_day_ends THEN
+        m.day_spent := m.day_spent + p_amount;
+    END IF;
+    IF p_month_ends IS NULL OR m.month_ends_at = p_month_ends THEN
+        m.month_spent := m.month_spent + p_amount;
+    END IF;
+    m.credits := m.credits - p_amount;
+    m := api_key_mgmt_internal.meter_alerts(m, p_now, NULL);
+    PERFORM api_key_mgmt_internal.meter_save(m);
+    RETURN m;
+END
+$$;
+
+-- meters_now(key meter, now) -> (k, t, tz, tenant): the key's meter and, when the
+-- tenant has caps or credits, the tenant's (locked FOR UPDATE), both rolled over to now
+-- in the tenant's time zone. tenant: whether t counts.
+CREATE FUNCTION api_key_mgmt_internal.meters_now(p_k api_key_mgmt.meters, p_now timestamptz,
+        OUT k api_key_mgmt.meters, OUT t api_key_mgmt.meters, OUT tz text, OUT tenant boolean)
+    LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT * INTO t FROM api_key_mgmt.meters x WHERE x.subject_id = p_k.tenant_id;
+    tz := COALESCE(t.time_zone, 'UTC');
+    tenant := api_key_mgmt_internal.metered(t);
+    IF tenant THEN
+        t := api_key_mgmt_internal.tenant_meter(p_k.tenant_id, false);
+        IF api_key_mgmt_internal.needs_roll(t, p_now) THEN
+            t := api_key_mgmt_internal.meter_roll(t, p_now, tz);
+        END IF;
+    ELSE
+        t := NULL;
+    END IF;
+    k := p_k;
+    IF api_key_mgmt_internal.needs_roll(k, p_now) THEN
+        k := api_key_mgmt_internal.meter_roll(k, p_now, tz);
+    END IF;
+END
+$$;
+
 -- metered(meter) -> whether a tenant meter has anything to enforce.
 CREATE FUNCTION api_key_mgmt_internal.metered(m api_key_mgmt.meters)
     RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
@@ -682,7 +728,7 @@ DECLARE
     d record;
     r api_key_mgmt.charge_result;
     v_now timestamptz;
-    v_tz text;
+    m record;
     v_tenant boolean;
 BEGIN
     PERFORM api_key_mgmt_internal.check_charge(charge_api_key.key_id, charge_api_key.scope, 'cost', charge_api_key.cost);
@@ -720,44 +766,19 @@ BEGIN
     END IF;
 
     v_now := api_key_mgmt_internal.meter_now();
-    SELECT * INTO t FROM api_key_mgmt.meters x WHERE x.subject_id = k.tenant_id;
-    v_tz := COALESCE(t.time_zone, 'UTC');
-    v_tenant := api_key_mgmt_internal.metered(t);
-    IF v_tenant THEN
-        t := api_key_mgmt_internal.tenant_meter(k.tenant_id, false);
-        IF api_key_mgmt_internal.needs_roll(t, v_now) THEN
-            t := api_key_mgmt_internal.meter_roll(t, v_now, v_tz);
-        END IF;
-    ELSE
-        t := NULL;
-    END IF;
-    IF api_key_mgmt_internal.needs_roll(k, v_now) THEN
-        k := api_key_mgmt_internal.meter_roll(k, v_now, v_tz);
-    END IF;
+    m := api_key_mgmt_internal.meters_now(k, v_now);
+    k := m.k;
+    t := m.t;
+    v_tenant := m.tenant;
 
     d := api_key_mgmt_internal.meter_decide(k, t, charge_api_key.cost, v_now);
     r.code := d.code;
     r.allowed := d.code = 'ok';
     r.retry_after := d.retry_after;
     IF r.allowed THEN
-        k.day_spent := k.day_spent + charge_api_key.cost;
-        k.month_spent := k.month_spent + charge_api_key.cost;
-        k.credits := k.credits - charge_api_key.cost;
-        IF k.daily_cap IS NOT NULL OR k.monthly_cap IS NOT NULL OR k.credits IS NOT NULL THEN
-            k := api_key_mgmt_internal.meter_alerts(k, v_now, NULL);
-        END IF;
-        UPDATE api_key_mgmt.meters x SET
-            day_spent = k.day_spent, day_ends_at = k.day_ends_at, day_alerted = k.day_alerted,
-            month_spent = k.month_spent, month_ends_at = k.month_ends_at, month_alerted = k.month_alerted,
-            credits = k.credits, credits_until = k.credits_until, credits_granted = k.credits_granted,
-            credits_alerted = k.credits_alerted
-         WHERE x.subject_id = k.subject_id;
+        k := api_key_mgmt_internal.meter_spend(k, charge_api_key.cost, v_now);
         IF v_tenant THEN
-            t.day_spent := t.day_spent + charge_api_key.cost;
-            t.month_spent := t.month_spent + charge_api_key.cost;
-            t.credits := t.credits - charge_api_key.cost;
-            t := api_key_mgmt_internal.meter_alerts(t, v_now, NULL);
-            PERFORM api_key_mgmt_internal.meter_save(t);
+            t := api_key_mgmt_internal.meter_spend(t, charge_api_key.cost, v_now);
         END IF;
         INSERT INTO api_key_mgmt.usage_events (tenant_id, key_id, scope, provider, model, key_source,
                                                units, cost, idempotency_key, metadata, occurred_at)
@@ -803,7 +824,7 @@ DECLARE
     d record;
     r api_key_mgmt.charge_result;
     v_now timestamptz;
-    v_tz text;
+    m record;
     v_tenant boolean;
 BEGIN
     PERFORM api_key_mgmt_internal.check_charge(reserve_budget.key_id, reserve_budget.scope, 'estimate', reserve_budget.estimate);
@@ -815,15 +836,10 @@ BEGIN
     END IF;
     k := api_key_mgmt_internal.key_meter(reserve_budget.key_id);
     v_now := api_key_mgmt_internal.meter_now();
-    SELECT * INTO t FROM api_key_mgmt.meters x WHERE x.subject_id = k.tenant_id;
-    v_tz := COALESCE(t.time_zone, 'UTC');
-    v_tenant := api_key_mgmt_internal.metered(t);
-    IF v_tenant THEN
-        t := api_key_mgmt_internal.meter_roll(api_key_mgmt_internal.tenant_meter(k.tenant_id, false), v_now, v_tz);
-    ELSE
-        t := NULL;
-    END IF;
-    k := api_key_mgmt_internal.meter_roll(k, v_now, v_tz);
+    m := api_key_mgmt_internal.meters_now(k, v_now);
+    k := m.k;
+    t := m.t;
+    v_tenant := m.tenant;
     d := api_key_mgmt_internal.meter_decide(k, t, reserve_budget.estimate, v_now);
     r.code := d.code;
     r.allowed := d.code = 'ok';
@@ -835,17 +851,9 @@ BEGIN
         PERFORM api_key_mgmt_internal.refusal_alert(CASE d.refused_by WHEN 'key' THEN k ELSE t END, v_now, d.code);
         RETURN r;
     END IF;
-    k.day_spent := k.day_spent + reserve_budget.estimate;
-    k.month_spent := k.month_spent + reserve_budget.estimate;
-    k.credits := k.credits - reserve_budget.estimate;
-    k := api_key_mgmt_internal.meter_alerts(k, v_now, NULL);
-    PERFORM api_key_mgmt_internal.meter_save(k);
+    k := api_key_mgmt_internal.meter_spend(k, reserve_budget.estimate, v_now);
     IF v_tenant THEN
-        t.day_spent := t.day_spent + reserve_budget.estimate;
-        t.month_spent := t.month_spent + reserve_budget.estimate;
-        t.credits := t.credits - reserve_budget.estimate;
-        t := api_key_mgmt_internal.meter_alerts(t, v_now, NULL);
-        PERFORM api_key_mgmt_internal.meter_save(t);
+        t := api_key_mgmt_internal.meter_spend(t, reserve_budget.estimate, v_now);
     END IF;
     INSERT INTO api_key_mgmt.reservations (tenant_id, key_id, scope, estimate, tenant_held,
                                            day_ends_at, month_ends_at, created_at, expires_at)
@@ -897,25 +905,9 @@ BEGIN
     IF res.tenant_held THEN
         t := api_key_mgmt_internal.tenant_meter(res.tenant_id, false);
     END IF;
-    IF k.day_ends_at = res.day_ends_at THEN
-        k.day_spent := k.day_spent + v_delta;
-    END IF;
-    IF k.month_ends_at = res.month_ends_at THEN
-        k.month_spent := k.month_spent + v_delta;
-    END IF;
-    k.credits := k.credits - v_delta;
-    k := api_key_mgmt_internal.meter_alerts(k, v_now, NULL);
-    PERFORM api_key_mgmt_internal.meter_save(k);
+    k := api_key_mgmt_internal.meter_spend(k, v_delta, v_now, res.day_ends_at, res.month_ends_at);
     IF t.subject_id IS NOT NULL THEN
-        IF t.day_ends_at = res.day_ends_at THEN
-            t.day_spent := t.day_spent + v_delta;
-        END IF;
-        IF t.month_ends_at = res.month_ends_at THEN
-            t.month_spent := t.month_spent + v_delta;
-        END IF;
-        t.credits := t.credits - v_delta;
-        t := api_key_mgmt_internal.meter_alerts(t, v_now, NULL);
-        PERFORM api_key_mgmt_internal.meter_save(t);
+        t := api_key_mgmt_internal.meter_spend(t, v_delta, v_now, res.day_ends_at, res.month_ends_at);
     END IF;
     DELETE FROM api_key_mgmt.reservations x WHERE x.id = p_id;
     r.allowed := true;
