@@ -116,6 +116,27 @@ unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[S
     names
 }
 
+/// Copy a tuple found by a scan (its buffer is released at the scan's end) and deform
+/// it: the datums then live in the current memory context.
+unsafe fn copy_row(
+    found: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    names: Rc<[String]>,
+) -> Row {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        let copy = pg_sys::heap_copytuple(found);
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![true; natts];
+        pg_sys::heap_deform_tuple(copy, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        Row {
+            values,
+            nulls,
+            names,
+        }
+    }
+}
+
 /// OID of `api_key_mgmt.<name>`, or an ERROR if the extension is not installed here.
 fn relation_oid(name: &CStr) -> pg_sys::Oid {
     unsafe {
@@ -223,15 +244,7 @@ pub fn lookup(table: &'static CStr, index: &'static CStr, keys: &[Key]) -> Optio
         let row = if found.is_null() {
             None
         } else {
-            let copy = pg_sys::heap_copytuple(found);
-            let mut values = vec![pg_sys::Datum::from(0usize); natts];
-            let mut nulls = vec![true; natts];
-            pg_sys::heap_deform_tuple(copy, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            Some(Row {
-                values,
-                nulls,
-                names: column_names(table, tupdesc),
-            })
+            Some(copy_row(found, tupdesc, column_names(table, tupdesc)))
         };
         pg_sys::systable_endscan(scan);
         // Keep the lock to the end of the transaction, as the executor does.
@@ -253,7 +266,6 @@ pub fn scan_all(table: &'static CStr) -> Vec<Row> {
             pg_sys::GetTransactionSnapshot()
         };
         let tupdesc = (*rel).rd_att;
-        let natts = (*tupdesc).natts as usize;
         let names = column_names(table, tupdesc);
         let scan = pg_sys::systable_beginscan(
             rel,
@@ -268,15 +280,7 @@ pub fn scan_all(table: &'static CStr) -> Vec<Row> {
             if found.is_null() {
                 break;
             }
-            let copy = pg_sys::heap_copytuple(found);
-            let mut values = vec![pg_sys::Datum::from(0usize); natts];
-            let mut nulls = vec![true; natts];
-            pg_sys::heap_deform_tuple(copy, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            rows.push(Row {
-                values,
-                nulls,
-                names: names.clone(),
-            });
+            rows.push(copy_row(found, tupdesc, names.clone()));
         }
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);

@@ -81,17 +81,16 @@ fn is_service() -> bool {
 }
 
 /// The caller's user id: the JWT `sub` claim, else the setting `api_key_mgmt.user_id`.
-fn user_id() -> Option<String> {
-    claims()
-        .as_ref()
+fn user_id_from(claims: Option<&Value>) -> Option<String> {
+    claims
         .and_then(tenancy::subject)
         .map(str::to_owned)
         .or_else(|| setting(c"api_key_mgmt.user_id"))
 }
 
 /// The member role of `user` in `tenant` (direct probe of tenant_members' primary key).
-fn member_role(tenant: &str, user: &str) -> Option<Role> {
-    let tenant = Uuid::from_slice(&parse_uuid(tenant)?).ok()?;
+fn member_role(tenant: [u8; 16], user: &str) -> Option<Role> {
+    let tenant = Uuid::from_bytes(tenant);
     let row = catalog::lookup(
         c"tenant_members",
         c"tenant_members_pkey",
@@ -120,13 +119,9 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-fn fmt_uuid(b: &[u8; 16]) -> String {
-    Uuid::from_bytes(*b).to_string()
-}
-
 /// Where the tenant context came from, and what it may do there.
 struct Context {
-    tenant: String,
+    tenant: [u8; 16],
     /// `None`: API-key context, which identifies the tenant but manages nothing.
     role: Option<Role>,
 }
@@ -134,21 +129,20 @@ struct Context {
 fn context() -> Option<Context> {
     if let Some((x, tenant, _)) = REQUEST_KEY.with(Cell::get) {
         if x == lxid() {
-            return Some(Context {
-                tenant: fmt_uuid(&tenant),
-                role: None,
-            });
+            return Some(Context { tenant, role: None });
         }
     }
-    let user = user_id();
-    if let Some(t) = setting(c"api_key_mgmt.tenant_id").and_then(|s| tenancy::canonical_uuid(&s)) {
+    // The claims are parsed once: they name the user and, perhaps, the tenant.
+    let claims = claims();
+    let user = user_id_from(claims.as_ref());
+    if let Some(t) = setting(c"api_key_mgmt.tenant_id").and_then(|s| parse_uuid(&s)) {
         if is_service() || is_platform_admin() {
             return Some(Context {
                 tenant: t,
                 role: Some(Role::Admin),
             });
         }
-        if let Some(role) = user.as_deref().and_then(|u| member_role(&t, u)) {
+        if let Some(role) = user.as_deref().and_then(|u| member_role(t, u)) {
             return Some(Context {
                 tenant: t,
                 role: Some(role),
@@ -158,10 +152,11 @@ fn context() -> Option<Context> {
     }
     let paths = crate::gucs::tenant_claim_paths();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let t = claims()
+    let t = claims
         .as_ref()
-        .and_then(|c| tenancy::tenant_from_claims(c, &paths))?;
-    let role = member_role(&t, user.as_deref()?)?;
+        .and_then(|c| tenancy::tenant_from_claims(c, &paths))
+        .and_then(|s| parse_uuid(&s))?;
+    let role = member_role(t, user.as_deref()?)?;
     Some(Context {
         tenant: t,
         role: Some(role),
@@ -178,7 +173,7 @@ pub fn visible_tenant_for_admin_views() -> Option<[u8; 16]> {
         Some(Context {
             tenant,
             role: Some(r),
-        }) if r >= Role::Admin => parse_uuid(&tenant),
+        }) if r >= Role::Admin => Some(tenant),
         _ => {
             pg_sys::panic::ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -195,7 +190,7 @@ pub fn visible_tenant_for_admin_views() -> Option<[u8; 16]> {
 #[pg_extern(sql = false, stable, parallel_safe)]
 fn current_tenant_id() -> Option<Uuid> {
     let c = context()?;
-    Uuid::from_slice(&parse_uuid(&c.tenant)?).ok()
+    Some(Uuid::from_bytes(c.tenant))
 }
 
 /// `current_tenant_role() RETURNS text` — the caller's role in that tenant: `owner`,
@@ -209,7 +204,7 @@ fn current_tenant_role() -> Option<&'static str> {
 /// `current_user_id() RETURNS text` — the JWT `sub`, else the setting `api_key_mgmt.user_id`.
 #[pg_extern(sql = false, stable, parallel_safe)]
 fn current_user_id() -> Option<String> {
-    user_id()
+    user_id_from(claims().as_ref())
 }
 
 /// `current_key_id() RETURNS uuid` — the API key the current transaction authenticated with.
@@ -258,7 +253,7 @@ fn authorize(tenant_id: Option<Uuid>, need: &str) -> &'static str {
     let Some(ctx) = context() else {
         deny("no tenant context: authenticate as a member of the tenant".into())
     };
-    if parse_uuid(&ctx.tenant) != Some(*tenant_id.as_bytes()) {
+    if ctx.tenant != *tenant_id.as_bytes() {
         deny(format!("permission denied for tenant {tenant_id}"));
     }
     match ctx.role {
