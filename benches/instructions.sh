@@ -35,6 +35,8 @@ VARIANTS_ALL=(
 "lateral_scalar|PREPARE p(int) AS SELECT v FROM bench.side s CROSS JOIN LATERAL pg_catalog.length(s.api_key) v WHERE s.id = \$1;|EXECUTE p(4242);"
 "validate_early_exit|PREPARE p(int, text) AS SELECT v.valid, v.code FROM bench.side s CROSS JOIN LATERAL api_key_mgmt.validate_api_key(s.api_key, \$2) v WHERE s.id = \$1;|EXECUTE p(4242, 'Not A Scope');"
 "validate|PREPARE p(int, text) AS SELECT v.valid, v.code FROM bench.side s CROSS JOIN LATERAL api_key_mgmt.validate_api_key(s.api_key, \$2) v WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
+"validate_select|PREPARE p(int, text) AS SELECT api_key_mgmt.validate_api_key(s.api_key, \$2) FROM bench.side s WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
+"validate_field|PREPARE p(int, text) AS SELECT (api_key_mgmt.validate_api_key(s.api_key, \$2)).code FROM bench.side s WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
 "sql_join|PREPARE p(int) AS SELECT k.id, t.disabled_at FROM bench.side s JOIN api_key_mgmt.api_keys k ON k.key_hash = api_key_mgmt_internal.hash_key(s.api_key) JOIN api_key_mgmt.tenants t ON t.id = k.tenant_id WHERE s.id = \$1;|EXECUTE p(4242);"
 "handwritten|PREPARE p(int, text) AS SELECT v.valid, v.code FROM bench.side s CROSS JOIN LATERAL bench.hw_validate_api_key(s.api_key, \$2) v WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
 )
@@ -43,6 +45,8 @@ declare -A WHAT=(
     [lateral_scalar]="floor + LATERAL of a trivial built-in (length): the query shape alone"
     [validate_early_exit]="floor + LATERAL validate_api_key() that returns invalid_scope before any hashing or lookup"
     [validate]="the validate script's statement (valid key, answers ok)"
+    [validate_select]="validate_api_key() in the select list: the whole row as one composite column"
+    [validate_field]="(validate_api_key()).code in the select list: one field, no FunctionScan"
     [sql_join]="floor + plain SQL join: hash_key() + api_keys and tenants index probes"
     [handwritten]="the handwritten script's statement"
 )

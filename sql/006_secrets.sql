@@ -74,12 +74,13 @@ CREATE TABLE api_key_mgmt.tenant_secrets (
     updated_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
     rotated_at         timestamptz,
     CONSTRAINT tenant_secrets_one_per_slot
-        UNIQUE NULLS NOT DISTINCT (provider, environment, tenant_id, model)
+        UNIQUE NULLS NOT DISTINCT (tenant_id, provider, model, environment)
 );
 COMMENT ON TABLE api_key_mgmt.tenant_secrets IS
     'api_key_mgmt: provider keys of tenants (and platform defaults), AES-256-GCM encrypted';
--- get_tenant_secret probes tenant_secrets_one_per_slot by name (src/secrets_pg.rs).
-CREATE INDEX tenant_secrets_tenant_idx ON api_key_mgmt.tenant_secrets (tenant_id);
+-- get_tenant_secret probes tenant_secrets_one_per_slot by name (src/secrets_pg.rs), the
+-- tenant first: most comparisons in the descent end at its uuid, and the index also
+-- serves lookups by tenant.
 CREATE INDEX tenant_secrets_key_version_idx ON api_key_mgmt.tenant_secrets (key_version);
 
 CREATE TRIGGER tenant_secrets_touch BEFORE UPDATE ON api_key_mgmt.tenant_secrets

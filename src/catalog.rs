@@ -200,15 +200,12 @@ pub fn lookup(table: &'static CStr, index: &'static CStr, keys: &[Key]) -> Optio
             pg_sys::GetTransactionSnapshot()
         };
         let tupdesc = (*rel).rd_att;
-        let natts = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(natts);
+        let names = column_names(table, tupdesc);
         let mut skeys = vec![pg_sys::ScanKeyData::default(); keys.len()];
         for (skey, key) in skeys.iter_mut().zip(keys) {
             // systable_beginscan wants the heap's attribute number and maps it to the index's.
-            let Some(attno) = attrs
-                .iter()
-                .position(|a| !a.attisdropped && a.name() == key.column)
-            else {
+            // (Dropped columns have empty names, and no key names an empty column.)
+            let Some(attno) = names.iter().position(|n| n == key.column) else {
                 pgrx::error!("api_key_mgmt: column \"{}\" is missing; the extension's SQL and library versions differ", key.column)
             };
             let attno = (attno + 1) as pg_sys::AttrNumber;
@@ -244,7 +241,7 @@ pub fn lookup(table: &'static CStr, index: &'static CStr, keys: &[Key]) -> Optio
         let row = if found.is_null() {
             None
         } else {
-            Some(copy_row(found, tupdesc, column_names(table, tupdesc)))
+            Some(copy_row(found, tupdesc, names))
         };
         pg_sys::systable_endscan(scan);
         // Keep the lock to the end of the transaction, as the executor does.

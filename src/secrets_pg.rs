@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use zeroize::Zeroizing;
 
@@ -26,13 +26,33 @@ fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     unreachable!("ERROR does not return")
 }
 
-/// The key file as last read by this backend, and which versions were checked against
-/// their recorded key-check values since.
+/// The key file as last read by this backend, which versions were checked against
+/// their recorded key-check values since, and the data keys derived from them (HKDF is
+/// the largest cost of a read; the keys are wiped when the file changes or the backend
+/// ends, like the master keys they come from).
 struct Keyring {
     path: String,
     stamp: (i64, i64, u64, u64, i64, i64),
     keys: MasterKeys,
     verified: HashSet<i32>,
+    data_keys: HashMap<(i32, Option<[u8; 16]>), crypto::DataKey>,
+}
+
+/// Data keys cached per backend before the cache is emptied and filled again.
+const DATA_KEY_CACHE: usize = 4096;
+
+/// The data key of `tenant` under master key `version` (verified), derived once per
+/// backend and key file generation.
+fn data_key(ring: &mut Keyring, version: i32, tenant: Option<[u8; 16]>) -> &crypto::DataKey {
+    if !ring.data_keys.contains_key(&(version, tenant)) {
+        let master = master_key(ring, version);
+        if ring.data_keys.len() >= DATA_KEY_CACHE {
+            ring.data_keys.clear();
+        }
+        let dek = crypto::derive_data_key(&master, tenant.as_ref());
+        ring.data_keys.insert((version, tenant), dek);
+    }
+    &ring.data_keys[&(version, tenant)]
 }
 
 thread_local! {
@@ -98,6 +118,7 @@ fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
                 stamp,
                 keys,
                 verified: HashSet::new(),
+                data_keys: HashMap::new(),
             });
         }
         f(slot.as_mut().expect("just filled"))
@@ -155,11 +176,10 @@ fn seal(
 ) -> (Vec<u8>, Vec<u8>, i32) {
     with_keyring(|ring| {
         let version = ring.keys.active_version();
-        let master = master_key(ring, version);
         let t = tenant_bytes(tenant);
-        let dek = crypto::derive_data_key(&master, t.as_ref());
+        let dek = data_key(ring, version, t);
         let aad = crypto::aad(t.as_ref(), secret_id.as_bytes(), provider, version);
-        match crypto::encrypt(&dek, plaintext, &aad) {
+        match crypto::encrypt(dek, plaintext, &aad) {
             Ok(sealed) => (sealed.ciphertext, sealed.nonce.to_vec(), version),
             Err(e) => crypto_error(e, secret_id),
         }
@@ -198,11 +218,10 @@ pub(crate) fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
     let nonce: Vec<u8> = row.get("nonce").expect("nonce is NOT NULL");
     let ciphertext: Vec<u8> = row.get("ciphertext").expect("ciphertext is NOT NULL");
     with_keyring(|ring| {
-        let master = master_key(ring, version);
         let t = tenant_bytes(tenant);
-        let dek = crypto::derive_data_key(&master, t.as_ref());
+        let dek = data_key(ring, version, t);
         let aad = crypto::aad(t.as_ref(), id.as_bytes(), &provider, version);
-        match crypto::decrypt(&dek, &nonce, &ciphertext, &aad) {
+        match crypto::decrypt(dek, &nonce, &ciphertext, &aad) {
             Ok(p) => Zeroizing::new(p),
             Err(e) => crypto_error(e, id),
         }
@@ -377,25 +396,26 @@ fn resolve(
     let provider_datum = provider.into_datum();
     let env_datum = environment.into_datum();
     for (t, m, source) in candidates(tenant, model) {
+        // In the order of the index's columns (tenant_id, provider, model, environment).
         let keys = [
-            Key {
-                column: "provider",
-                value: provider_datum,
-                eq_proc: pg_sys::F_TEXTEQ,
-            },
-            Key {
-                column: "environment",
-                value: env_datum,
-                eq_proc: pg_sys::F_TEXTEQ,
-            },
             Key {
                 column: "tenant_id",
                 value: t.and_then(IntoDatum::into_datum),
                 eq_proc: pg_sys::F_UUID_EQ,
             },
             Key {
+                column: "provider",
+                value: provider_datum,
+                eq_proc: pg_sys::F_TEXTEQ,
+            },
+            Key {
                 column: "model",
                 value: m.and_then(IntoDatum::into_datum),
+                eq_proc: pg_sys::F_TEXTEQ,
+            },
+            Key {
+                column: "environment",
+                value: env_datum,
                 eq_proc: pg_sys::F_TEXTEQ,
             },
         ];
