@@ -707,9 +707,11 @@ $$;
 -- ---------------------------------------------------------------------------------
 
 -- charge_api_key(key_id, scope, cost, units, provider, model, idempotency_key, metadata,
--- key_source) -> charge_result. Admits the charge when it fits in every cap and in the
--- credits of the key and of its tenant, updating their totals and logging a usage
--- event; all of it commits or rolls back with the caller's transaction.
+-- key_source, rate_cost) -> charge_result. Admits the charge when it fits in every cap
+-- and in the credits of the key and of its tenant (and, with rate_cost > 0, when every
+-- rate limit of the key and its tenant has rate_cost tokens left: 'rate_limited'
+-- otherwise), updating their totals and logging a usage event; all of it commits or
+-- rolls back with the caller's transaction (tokens taken in shared memory stay taken).
 CREATE FUNCTION api_key_mgmt.charge_api_key(
     key_id uuid,
     scope text,
@@ -719,7 +721,8 @@ CREATE FUNCTION api_key_mgmt.charge_api_key(
     model text DEFAULT NULL,
     idempotency_key text DEFAULT NULL,
     metadata jsonb DEFAULT NULL,
-    key_source text DEFAULT NULL
+    key_source text DEFAULT NULL,
+    rate_cost integer DEFAULT 0
 ) RETURNS api_key_mgmt.charge_result
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -730,6 +733,7 @@ DECLARE
     v_now timestamptz;
     m record;
     v_tenant boolean;
+    g record;
 BEGIN
     PERFORM api_key_mgmt_internal.check_charge(charge_api_key.key_id, charge_api_key.scope, 'cost', charge_api_key.cost);
     IF charge_api_key.units IS NULL OR charge_api_key.units < 0 THEN
@@ -750,6 +754,11 @@ BEGIN
     END IF;
     IF charge_api_key.key_source IS NOT NULL AND charge_api_key.key_source NOT IN ('byok', 'platform') THEN
         RAISE EXCEPTION 'key_source must be byok or platform' USING ERRCODE = '22023';
+    END IF;
+    IF charge_api_key.rate_cost IS NULL THEN
+        RAISE EXCEPTION 'rate_cost must not be NULL' USING ERRCODE = '22004';
+    ELSIF charge_api_key.rate_cost NOT BETWEEN 0 AND 1000000 THEN
+        RAISE EXCEPTION 'rate_cost must be 0 to 1000000' USING ERRCODE = '22023';
     END IF;
 
     -- The key's meter lock serialises every charge of the key, replays included.
@@ -775,6 +784,20 @@ BEGIN
     r.code := d.code;
     r.allowed := d.code = 'ok';
     r.retry_after := d.retry_after;
+    IF r.allowed AND charge_api_key.rate_cost > 0 THEN
+        -- Tokens are taken only for a charge the caps admit. A rate-limited attempt is
+        -- not kept under its idempotency key: the client retries it after retry_after.
+        SELECT * INTO g FROM api_key_mgmt.consume_rate_limit(charge_api_key.key_id, charge_api_key.rate_cost) c;
+        IF NOT g.allowed THEN
+            r.allowed := false;
+            r.code := 'rate_limited';
+            r.retry_after := g.retry_after;
+            r.remaining_daily := d.remaining_daily;
+            r.remaining_monthly := d.remaining_monthly;
+            r.remaining_credits := d.remaining_credits;
+            RETURN r;
+        END IF;
+    END IF;
     IF r.allowed THEN
         k := api_key_mgmt_internal.meter_spend(k, charge_api_key.cost, v_now);
         IF v_tenant THEN
@@ -803,6 +826,50 @@ BEGIN
                 r.remaining_monthly, r.remaining_credits, r.retry_after, r.event_id, v_now);
     END IF;
     RETURN r;
+END
+$$;
+
+-- validate_and_charge(api_key, scope, cost, units, provider, model, idempotency_key,
+-- metadata, key_source, rate_cost) -> charge_result: validate_api_key and
+-- charge_api_key in one call, for callers that hold the plaintext key. A key that does
+-- not validate is refused with its validation code (not_found, revoked, scope_denied,
+-- daily_cap_exceeded, ...) and nothing is charged; by default the call also takes one
+-- rate-limit token (rate_cost).
+CREATE FUNCTION api_key_mgmt.validate_and_charge(
+    api_key text,
+    scope text,
+    cost numeric,
+    units bigint DEFAULT 1,
+    provider text DEFAULT NULL,
+    model text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL,
+    key_source text DEFAULT NULL,
+    rate_cost integer DEFAULT 1
+) RETURNS api_key_mgmt.charge_result
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v api_key_mgmt.key_validation;
+    r api_key_mgmt.charge_result;
+BEGIN
+    IF validate_and_charge.scope IS NULL THEN
+        RAISE EXCEPTION 'scope must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    v := api_key_mgmt.validate_api_key(validate_and_charge.api_key, validate_and_charge.scope,
+                                       validate_and_charge.provider, validate_and_charge.model, 0);
+    IF NOT v.valid THEN
+        r.allowed := false;
+        r.code := v.code;
+        r.remaining_daily := v.remaining_daily;
+        r.remaining_monthly := v.remaining_monthly;
+        r.remaining_credits := v.remaining_credits;
+        r.retry_after := v.retry_after;
+        RETURN r;
+    END IF;
+    RETURN api_key_mgmt.charge_api_key(v.key_id, validate_and_charge.scope, validate_and_charge.cost,
+        validate_and_charge.units, validate_and_charge.provider, validate_and_charge.model,
+        validate_and_charge.idempotency_key, validate_and_charge.metadata, validate_and_charge.key_source,
+        validate_and_charge.rate_cost);
 END
 $$;
 

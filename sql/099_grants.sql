@@ -112,7 +112,8 @@ GRANT SELECT (id, tenant_id, provider, model, name, scopes, environment, key_ver
 -- administrators set caps, credits and limits, run maintenance and read the usage.
 -- ---------------------------------------------------------------------------------
 GRANT EXECUTE ON FUNCTION
-    api_key_mgmt.charge_api_key(uuid, text, numeric, bigint, text, text, text, jsonb, text),
+    api_key_mgmt.charge_api_key(uuid, text, numeric, bigint, text, text, text, jsonb, text, integer),
+    api_key_mgmt.validate_and_charge(text, text, numeric, bigint, text, text, text, jsonb, text, integer),
     api_key_mgmt.reserve_budget(uuid, text, numeric, interval),
     api_key_mgmt.settle_reservation(uuid, numeric, bigint, text, text, jsonb, text),
     api_key_mgmt.release_reservation(uuid),

@@ -344,6 +344,84 @@ fn metering_rate_limit_shared_memory() {
     );
 }
 
+/// validate_and_charge from 16 connections at once on a key with a rate limit of 7
+/// (shared memory) and a daily cap of 10: exactly 7 charges are admitted and logged,
+/// every other answer is `rate_limited` with a retry_after; tokens are taken only for
+/// charges the cap admits, so once the cap is spent a refusal takes no token.
+#[test]
+fn metering_validate_and_charge_rate_limited_under_concurrency() {
+    let db = TestDb::new("it_meter_vac");
+    let mut main = db.connect();
+    let tenant = create_tenant(&mut main, "charged and limited");
+    let key = issue_key(&mut main, &tenant);
+    main.execute(
+        "SELECT api_key_mgmt.set_rate_limit($1::text::uuid, 'hourly', 7, '1 hour', 7)",
+        &[&key.id],
+    )
+    .unwrap();
+    main.execute(
+        "SELECT api_key_mgmt.set_key_caps($1::text::uuid, daily_cap => 10)",
+        &[&key.id],
+    )
+    .unwrap();
+    let clock = "SET api_key_mgmt.clock_override = '2031-06-01 10:00:00+00'";
+    let conns: Vec<Client> = (0..16)
+        .map(|_| {
+            let mut c = db.connect();
+            c.batch_execute(clock).unwrap();
+            c
+        })
+        .collect();
+    let sql = "SELECT allowed, code, retry_after IS NOT NULL \
+               FROM api_key_mgmt.validate_and_charge($1, 'agents:chat', 1)";
+    let answers: Vec<Vec<(bool, String, bool)>> = concurrently(conns, |c, _| {
+        (0..2)
+            .map(|_| {
+                let r = c.query_one(sql, &[&key.key]).unwrap();
+                (r.get(0), r.get(1), r.get(2))
+            })
+            .collect()
+    });
+    let answers: Vec<_> = answers.into_iter().flatten().collect();
+    let admitted = answers.iter().filter(|a| a.0).count();
+    assert_eq!(admitted, 7, "{answers:?}");
+    for (ok, code, retry) in &answers {
+        if *ok {
+            assert_eq!(code, "ok");
+        } else {
+            assert_eq!((code.as_str(), *retry), ("rate_limited", true));
+        }
+    }
+    let logged = numeric(
+        &mut main,
+        "SELECT count(*)::numeric FROM api_key_mgmt.usage_events WHERE key_id = $1::text::uuid",
+        &[&key.id],
+    );
+    assert_eq!(logged, "7");
+
+    // An hour later (and a second: the interval is rounded up) the limiter is full again
+    // (7); the cap (10) admits three more and
+    // stops the fourth without taking a token, so four tokens are left.
+    main.batch_execute("SET api_key_mgmt.clock_override = '2031-06-01 11:00:01+00'")
+        .unwrap();
+    let code = |c: &mut Client| -> String { c.query_one(sql, &[&key.key]).unwrap().get(1) };
+    assert_eq!(
+        (0..4).map(|_| code(&mut main)).collect::<Vec<_>>(),
+        ["ok", "ok", "ok", "daily_cap_exceeded"]
+    );
+    let take = |c: &mut Client, n: i32| -> (bool, i64) {
+        let r = c
+            .query_one(
+                "SELECT allowed, remaining FROM api_key_mgmt.consume_rate_limit($1::text::uuid, $2)",
+                &[&key.id, &n],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(!take(&mut main, 5).0, "only four tokens are left");
+    assert_eq!(take(&mut main, 4), (true, 0));
+}
+
 /// A cluster without shared_preload_libraries, shared by the fallback tests.
 fn fallback_cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();

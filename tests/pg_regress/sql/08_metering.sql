@@ -182,6 +182,41 @@ SELECT api_key_mgmt.remove_rate_limit(:'k2', 'per_second') AS removed;
 -- A refused key consumes nothing and reports no metering.
 SELECT code, rate_limit_remaining FROM api_key_mgmt.validate_api_key('sk_live_nope', cost => 1);
 
+-- charge_api_key(..., rate_cost) also takes rate-limit tokens, only for charges the
+-- caps admit; a rate-limited attempt is neither charged nor kept under its
+-- idempotency key, so the client retries it after retry_after.
+SELECT api_key_mgmt.set_rate_limit(:'k2', 'per_minute', 2, '1 minute') IS NOT NULL AS set;
+SET api_key_mgmt.clock_override = '2030-02-03 00:20:00+00';
+SELECT count(*) AS events_before FROM api_key_mgmt.usage_events WHERE key_id = :'k2' \gset
+SELECT allowed, code, retry_after FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, rate_cost => 1);
+SELECT allowed, code, retry_after FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, rate_cost => 1);
+SELECT allowed, code, retry_after, event_id IS NULL AS not_logged
+  FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, idempotency_key => 'rl-1', rate_cost => 1);
+SELECT count(*) AS kept FROM api_key_mgmt.usage_idempotency WHERE key_id = :'k2' AND idempotency_key = 'rl-1';
+-- Without rate_cost (the default, 0) a charge leaves the limits alone.
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1);
+SELECT count(*) - :events_before AS charged FROM api_key_mgmt.usage_events WHERE key_id = :'k2';
+SET api_key_mgmt.clock_override = '2030-02-03 00:20:30+00';
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, idempotency_key => 'rl-1', rate_cost => 1);
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, idempotency_key => 'rl-1', rate_cost => 1);
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, rate_cost => -1)', :'k2', 'agents:chat'));
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, rate_cost => NULL)', :'k2', 'agents:chat'));
+
+-- validate_and_charge: the plaintext key validated and charged in one call (one
+-- rate-limit token by default). A key that does not validate answers its code and
+-- nothing is charged.
+SELECT count(*) AS events_before FROM api_key_mgmt.usage_events \gset
+SELECT allowed, code, retry_after FROM api_key_mgmt.validate_and_charge(:'key2', 'agents:chat', 1);
+SELECT allowed, code, event_id IS NOT NULL AS logged
+  FROM api_key_mgmt.validate_and_charge(:'key', 'agents:chat', 0.5, 3, 'openai', 'gpt-4o');
+SELECT allowed, code FROM api_key_mgmt.validate_and_charge('sk_live_nope', 'agents:chat', 0.5);
+SELECT allowed, code FROM api_key_mgmt.validate_and_charge(:'key', 'voice:synthesis', 0.5);
+SELECT allowed, code FROM api_key_mgmt.validate_and_charge(:'key', 'agents:chat', 0.5, provider => 'openai', model => 'gpt-4o', rate_cost => 0);
+SELECT count(*) - :events_before AS charged FROM api_key_mgmt.usage_events;
+SELECT regress.try(format('SELECT api_key_mgmt.validate_and_charge(%L, NULL, 1)', :'key'));
+SELECT regress.try(format('SELECT api_key_mgmt.validate_and_charge(%L, %L, -1)', :'key', 'agents:chat'));
+SELECT api_key_mgmt.remove_rate_limit(:'k2', 'per_minute') AS removed;
+
 -- Alerts: once per period per threshold (the NOTIFY payloads are checked by the
 -- integration tests, which LISTEN; here the recorded levels).
 SET api_key_mgmt.clock_override = '2030-02-04 08:00:00+00';
