@@ -35,7 +35,9 @@ struct Keyring {
     stamp: (i64, i64, u64, u64, i64, i64),
     keys: MasterKeys,
     verified: HashSet<i32>,
-    data_keys: HashMap<(i32, Option<[u8; 16]>), crypto::DataKey>,
+    /// Boxed: growing the map moves only pointers, so no copy of a key is left behind
+    /// unwiped (a `DataKey` wipes itself when dropped).
+    data_keys: HashMap<(i32, Option<[u8; 16]>), Box<crypto::DataKey>>,
 }
 
 /// Data keys cached per backend before the cache is emptied and filled again.
@@ -50,7 +52,7 @@ fn data_key(ring: &mut Keyring, version: i32, tenant: Option<[u8; 16]>) -> &cryp
             ring.data_keys.clear();
         }
         let dek = crypto::derive_data_key(&master, tenant.as_ref());
-        ring.data_keys.insert((version, tenant), dek);
+        ring.data_keys.insert((version, tenant), Box::new(dek));
     }
     &ring.data_keys[&(version, tenant)]
 }
