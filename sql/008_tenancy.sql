@@ -326,6 +326,15 @@ CREATE FUNCTION api_key_mgmt.validation_failures()
     RETURNS TABLE (key_id uuid, tenant_id uuid, failures bigint, by_code jsonb,
                    first_failed_at timestamptz, last_failed_at timestamptz)
     VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'validation_failures_wrapper';
+-- audit_queue_status() -> (mode, capacity, queued, written, synchronous): the
+-- shared-memory queue of secret-read audit entries (src/audit_pg.rs). mode 'queue':
+-- reads in this database are audited through it; 'synchronous': in the reading
+-- transaction (no preload, audit_queue_size 0, another database than the maintenance
+-- worker's, or the worker not running). synchronous counts reads the queue did not take.
+CREATE FUNCTION api_key_mgmt.audit_queue_status()
+    RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)
+    VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_queue_status_wrapper';
+
 -- validation_failure_totals() -> (code, failures): refusals of strings that are not
 -- known keys, per code (and evicted_keys), since server start.
 CREATE FUNCTION api_key_mgmt.validation_failure_totals() RETURNS TABLE (code text, failures bigint)

@@ -157,6 +157,7 @@ GRANT SELECT ON api_key_mgmt.meters, api_key_mgmt.rate_limits, api_key_mgmt.usag
 GRANT EXECUTE ON FUNCTION api_key_mgmt.validation_failures() TO api_key_mgmt_admin, api_key_mgmt_user;
 GRANT EXECUTE ON FUNCTION
     api_key_mgmt.validation_failure_totals(),
+    api_key_mgmt.audit_queue_status(),
     api_key_mgmt.reset_validation_failures()
     TO api_key_mgmt_admin;
 GRANT SELECT ON api_key_mgmt.security_key_failures TO api_key_mgmt_admin, api_key_mgmt_user;

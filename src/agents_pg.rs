@@ -14,7 +14,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn raise(code: PgSqlErrorCode, message: &str, hint: &str) -> ! {
     let mut report = pg_sys::panic::ErrorReport::new(code, message.to_owned(), "api_key_mgmt");
@@ -102,40 +102,68 @@ pub fn init() {
 
 /// Entry point of the maintenance worker: every `api_key_mgmt.agent_maintenance_interval`
 /// seconds, `run_agent_maintenance()` in `api_key_mgmt.agent_maintenance_database` if
-/// the extension is installed there. An error ends the worker; the postmaster starts it
-/// again a minute later.
+/// the extension is installed there; and, as soon as they arrive, the secret-read
+/// audit entries queued in shared memory for that database (src/audit_pg.rs), also
+/// written out before a clean shutdown. An error ends the worker; the postmaster starts
+/// it again a minute later (queued entries wait for it; meanwhile reads are audited in
+/// their own transactions).
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn akm_agent_maintenance_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = crate::gucs::agent_maintenance_database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    crate::audit_pg::attach_worker();
+    let mut last_maintenance = Instant::now();
     loop {
         let secs = crate::gucs::AGENT_MAINTENANCE_INTERVAL.get();
-        let wait = Duration::from_secs(if secs > 0 { secs as u64 } else { 60 });
-        if !BackgroundWorker::wait_latch(Some(wait)) {
+        let every = Duration::from_secs(if secs > 0 { secs as u64 } else { 60 });
+        let next = every.saturating_sub(last_maintenance.elapsed());
+        let running = BackgroundWorker::wait_latch(Some(next.min(Duration::from_secs(1))));
+        if !running {
+            // Shutting down: take no more entries, write those queued.
+            crate::audit_pg::detach_worker();
+            drain_audit_queue();
             break;
         }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        drain_audit_queue();
+        if last_maintenance.elapsed() < every {
             continue;
         }
+        last_maintenance = Instant::now();
         if crate::gucs::AGENT_MAINTENANCE_INTERVAL.get() <= 0 {
             continue;
         }
         BackgroundWorker::transaction(|| {
-            let installed = Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_key_mgmt')",
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-            if installed {
+            if extension_installed() {
                 Spi::run("SELECT FROM api_key_mgmt.run_agent_maintenance()").unwrap_or_else(|e| {
                     pgrx::warning!("api_key_mgmt: agent maintenance failed: {e}")
                 });
             }
         });
+    }
+}
+
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_key_mgmt')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// Write every queued audit entry, a batch per transaction.
+fn drain_audit_queue() {
+    while crate::audit_pg::pending() {
+        let taken =
+            BackgroundWorker::transaction(|| crate::audit_pg::drain_batch(extension_installed()));
+        if taken == 0 {
+            break;
+        }
     }
 }
 

@@ -45,6 +45,11 @@ pub static UNMATCHED_ROUTES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"deny"));
 /// Whether each decryption of a tenant secret appends an audit row.
 pub static AUDIT_SECRET_READS: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Entries of the shared-memory queue of secret-read audit entries (src/audit_pg.rs),
+/// fixed at server start; 0: no queue.
+pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
+/// Write each secret-read audit entry in the reading transaction, never through the queue.
+pub static AUDIT_READS_IN_TRANSACTION: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 // --- metering (issue 4) ---------------------------------------------------------
 
@@ -199,6 +204,24 @@ pub fn init() {
         c"Append an audit row for every decryption of a tenant secret.",
         c"On (default): reading a secret needs a read-write transaction.",
         &AUDIT_SECRET_READS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.audit_queue_size",
+        c"Secret-read audit entries the shared-memory queue holds (0: no queue).",
+        c"With the library preloaded, reads in the maintenance worker's database are audited through the queue, written by the worker.",
+        &AUDIT_QUEUE_SIZE,
+        0,
+        65536,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"api_key_mgmt.audit_reads_in_transaction",
+        c"Write each secret-read audit entry in the reading transaction instead of through the queue.",
+        c"On: the entry commits or rolls back with the read, and reads need a read-write transaction.",
+        &AUDIT_READS_IN_TRANSACTION,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -11,6 +11,8 @@ use pgrx::prelude::*;
 
 pub mod agents;
 pub mod agents_pg;
+pub mod audit;
+pub mod audit_pg;
 pub mod catalog;
 pub mod crypto;
 pub mod errors;
@@ -80,6 +82,7 @@ pub extern "C-unwind" fn _PG_init() {
     failures_pg::init();
     logmask_pg::install();
     ratelimit_pg::init();
+    audit_pg::init();
     agents_pg::init();
 }
 

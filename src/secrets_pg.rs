@@ -5,6 +5,7 @@
 //! The plaintext of a secret exists only inside these functions and in their result;
 //! no error or message here carries it, a key, or the key file's path.
 
+use crate::audit::{self, Source};
 use crate::catalog::{self, Key, Row};
 use crate::crypto::{self, CryptoError, MasterKeys};
 use crate::result_row::ResultRow;
@@ -309,24 +310,6 @@ fn secret_preview(secret: &str) -> String {
     crypto::preview(secret)
 }
 
-/// Where a resolved secret came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Model,
-    Tenant,
-    Platform,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Model => "model",
-            Source::Tenant => "tenant",
-            Source::Platform => "platform",
-        }
-    }
-}
-
 struct Resolved {
     row: Row,
     source: Source,
@@ -447,11 +430,44 @@ fn resolve(
     None
 }
 
+/// Offer the read's audit entry to the shared-memory queue, with what
+/// `api_key_mgmt_internal.audit()` records: the user id (JWT `sub`, else the setting)
+/// or the role, the role, and the client's address and user agent from PostgREST's
+/// `request.headers`.
+fn queue_read(row: &Row, provider: &str, source: Source, scope: &str) -> bool {
+    let id: Uuid = row.get("id").expect("id is NOT NULL");
+    let tenant: Option<Uuid> = row.get("tenant_id");
+    let role = crate::tenancy_pg::invoker_name();
+    let actor = crate::tenancy_pg::current_user_id();
+    let headers = crate::tenancy_pg::setting(c"request.headers")
+        .and_then(|h| serde_json::from_str::<serde_json::Value>(&h).ok())
+        .filter(serde_json::Value::is_object);
+    let client_ip = headers.as_ref().and_then(audit::client_ip);
+    let user_agent = headers.as_ref().and_then(audit::user_agent);
+    crate::audit_pg::enqueue(&audit::Read {
+        database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
+        tenant: tenant.map(|t| *t.as_bytes()),
+        secret: *id.as_bytes(),
+        provider,
+        source,
+        scope,
+        actor: actor.as_deref().unwrap_or(&role),
+        actor_role: &role,
+        client_ip: client_ip.as_deref(),
+        user_agent: user_agent.as_deref(),
+    })
+}
+
 /// Append `secret.decrypted` to the audit log (unless `api_key_mgmt.audit_secret_reads`
-/// is off). An audited read needs a read-write transaction: refused (25006) otherwise,
-/// rather than reading without a trace.
+/// is off): through the shared-memory queue when it takes the entry (src/audit_pg.rs),
+/// else in the reading transaction. An audit in the transaction needs a read-write
+/// transaction: refused (25006) otherwise, rather than reading without a trace.
 fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
     if !crate::gucs::AUDIT_SECRET_READS.get() {
+        return;
+    }
+    if !crate::gucs::AUDIT_READS_IN_TRANSACTION.get() && queue_read(row, provider, source, scope) {
         return;
     }
     if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {

@@ -31,7 +31,7 @@ fn lxid() -> u32 {
     unsafe { (*pg_sys::MyProc).lxid }
 }
 
-fn setting(name: &CStr) -> Option<String> {
+pub(crate) fn setting(name: &CStr) -> Option<String> {
     unsafe {
         let p = pg_sys::GetConfigOption(name.as_ptr(), true, false);
         if p.is_null() {
@@ -203,7 +203,7 @@ fn current_tenant_role() -> Option<&'static str> {
 
 /// `current_user_id() RETURNS text` — the JWT `sub`, else the setting `api_key_mgmt.user_id`.
 #[pg_extern(sql = false, stable, parallel_safe)]
-fn current_user_id() -> Option<String> {
+pub(crate) fn current_user_id() -> Option<String> {
     user_id_from(claims().as_ref())
 }
 
@@ -264,7 +264,7 @@ fn authorize(tenant_id: Option<Uuid>, need: &str) -> &'static str {
 
 /// `invoker_name() RETURNS text` — internal: the database role acting (see `invoker`).
 #[pg_extern(sql = false, stable)]
-fn invoker_name() -> String {
+pub(crate) fn invoker_name() -> String {
     unsafe {
         let p = pg_sys::GetUserNameFromId(invoker(), true);
         if p.is_null() {

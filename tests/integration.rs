@@ -11,6 +11,9 @@ mod metering;
 // Agent access (issue 6): tools, requests, sessions, proxy tokens, maintenance worker.
 #[path = "it/agents.rs"]
 mod agents;
+// Secret reads audited through the shared-memory queue and the maintenance worker.
+#[path = "it/audit.rs"]
+mod audit;
 
 use common::keys::{body, random_alnum, unissued_native_key, with_bad_checksum};
 use common::secrets::*;

@@ -165,3 +165,8 @@ SET ROLE api_key_mgmt_service;
 SELECT regress.try('SHOW api_key_mgmt.master_key_file');
 SELECT count(*) AS visible_in_pg_settings FROM pg_settings WHERE name = 'api_key_mgmt.master_key_file';
 RESET ROLE;
+
+-- Reads are audited through the shared-memory queue (written by the maintenance
+-- worker) only in the worker's database, api_key_mgmt.agent_maintenance_database
+-- ('postgres'); in this one each read writes its entry in its own transaction.
+SELECT mode, capacity FROM api_key_mgmt.audit_queue_status();

@@ -1,0 +1,271 @@
+//! Secret-read audit entries on their way through the shared-memory queue (pure part):
+//! the fixed-size entry, what of a request's headers is recorded, and the ring's
+//! arithmetic. The queue itself is `src/audit_pg.rs`.
+//!
+//! An entry carries exactly what `api_key_mgmt_internal.audit()` would have written in
+//! the reading transaction; a value that does not fit its field is never truncated:
+//! the entry is refused and the read is audited synchronously instead.
+
+use serde_json::Value;
+
+/// Longest user agent kept, in characters (as `left(user_agent, 300)` in SQL).
+pub const USER_AGENT_CHARS: usize = 300;
+
+/// A text field of at most `N` bytes, or NULL.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Field<const N: usize> {
+    /// Length in bytes; `u16::MAX` for NULL.
+    len: u16,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> Field<N> {
+    pub const NULL: Self = Field {
+        len: u16::MAX,
+        bytes: [0; N],
+    };
+
+    /// `None` when the text is longer than `N` bytes.
+    pub fn new(value: Option<&str>) -> Option<Self> {
+        let Some(v) = value else {
+            return Some(Self::NULL);
+        };
+        if v.len() > N || v.len() >= u16::MAX as usize {
+            return None;
+        }
+        let mut f = Field {
+            len: v.len() as u16,
+            bytes: [0; N],
+        };
+        f.bytes[..v.len()].copy_from_slice(v.as_bytes());
+        Some(f)
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        if self.len == u16::MAX {
+            return None;
+        }
+        // Written from a &str by `new`, so always UTF-8; never trust shared memory blindly.
+        std::str::from_utf8(self.bytes.get(..self.len as usize)?).ok()
+    }
+}
+
+/// Where a resolved secret came from (`resolve_provider_key`'s `source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Source {
+    Model = 1,
+    Tenant = 2,
+    Platform = 3,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Model => "model",
+            Source::Tenant => "tenant",
+            Source::Platform => "platform",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Source> {
+        match v {
+            1 => Some(Source::Model),
+            2 => Some(Source::Tenant),
+            3 => Some(Source::Platform),
+            _ => None,
+        }
+    }
+}
+
+/// One `secret.decrypted` audit entry, plain bytes (it lives in shared memory).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Entry {
+    /// The database of the read (only the worker connected to it may write it).
+    pub database: u32,
+    source: u8,
+    has_tenant: bool,
+    /// When the secret was read (Postgres `TimestampTz`, microseconds since 2000).
+    pub occurred_at: i64,
+    tenant: [u8; 16],
+    secret: [u8; 16],
+    provider: Field<64>,
+    scope: Field<200>,
+    actor: Field<256>,
+    actor_role: Field<64>,
+    client_ip: Field<256>,
+    user_agent: Field<1200>,
+}
+
+/// What a read records, borrowed from the reading backend.
+pub struct Read<'a> {
+    pub database: u32,
+    pub occurred_at: i64,
+    pub tenant: Option<[u8; 16]>,
+    pub secret: [u8; 16],
+    pub provider: &'a str,
+    pub source: Source,
+    pub scope: &'a str,
+    pub actor: &'a str,
+    pub actor_role: &'a str,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+impl Entry {
+    /// `None` when a value does not fit (the caller audits synchronously instead).
+    pub fn new(r: &Read) -> Option<Entry> {
+        Some(Entry {
+            database: r.database,
+            source: r.source as u8,
+            has_tenant: r.tenant.is_some(),
+            occurred_at: r.occurred_at,
+            tenant: r.tenant.unwrap_or([0; 16]),
+            secret: r.secret,
+            provider: Field::new(Some(r.provider))?,
+            scope: Field::new(Some(r.scope))?,
+            actor: Field::new(Some(r.actor))?,
+            actor_role: Field::new(Some(r.actor_role))?,
+            client_ip: Field::new(r.client_ip)?,
+            user_agent: Field::new(r.user_agent)?,
+        })
+    }
+
+    pub fn tenant(&self) -> Option<[u8; 16]> {
+        self.has_tenant.then_some(self.tenant)
+    }
+    pub fn secret(&self) -> [u8; 16] {
+        self.secret
+    }
+    pub fn source(&self) -> Option<Source> {
+        Source::from_u8(self.source)
+    }
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.get()
+    }
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.get()
+    }
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.get()
+    }
+    pub fn actor_role(&self) -> Option<&str> {
+        self.actor_role.get()
+    }
+    pub fn client_ip(&self) -> Option<&str> {
+        self.client_ip.get()
+    }
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.get()
+    }
+}
+
+/// `headers ->> name` in SQL: a string as is, JSON null or absent as NULL, any other
+/// value as its JSON text.
+fn header(headers: &Value, name: &str) -> Option<String> {
+    match headers.get(name)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// The client address: `btrim(split_part(coalesce(x-forwarded-for, x-real-ip), ',', 1))`.
+pub fn client_ip(headers: &Value) -> Option<String> {
+    let raw = header(headers, "x-forwarded-for").or_else(|| header(headers, "x-real-ip"))?;
+    let first = raw.split(',').next().unwrap_or("");
+    Some(first.trim_matches(' ').to_owned())
+}
+
+/// The user agent, cut to [`USER_AGENT_CHARS`] characters.
+pub fn user_agent(headers: &Value) -> Option<String> {
+    header(headers, "user-agent").map(|ua| ua.chars().take(USER_AGENT_CHARS).collect())
+}
+
+/// Ring positions: `head` and `tail` only grow; slot of a position is `pos % capacity`.
+/// Entries waiting: `head - tail`. Room for one more while that is below `capacity`.
+pub fn has_room(head: u64, tail: u64, capacity: u64) -> bool {
+    capacity > 0 && head.wrapping_sub(tail) < capacity
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read<'a>(provider: &'a str, ua: Option<&'a str>) -> Read<'a> {
+        Read {
+            database: 5,
+            occurred_at: 42,
+            tenant: Some([7; 16]),
+            secret: [9; 16],
+            provider,
+            source: Source::Tenant,
+            scope: "agents:chat",
+            actor: "user-1",
+            actor_role: "api_key_mgmt_service",
+            client_ip: Some("203.0.113.7"),
+            user_agent: ua,
+        }
+    }
+
+    #[test]
+    fn entry_round_trip() {
+        let e = Entry::new(&read("openai", None)).unwrap();
+        assert_eq!(e.database, 5);
+        assert_eq!(e.occurred_at, 42);
+        assert_eq!(e.tenant(), Some([7; 16]));
+        assert_eq!(e.secret(), [9; 16]);
+        assert_eq!(e.provider(), Some("openai"));
+        assert_eq!(e.source(), Some(Source::Tenant));
+        assert_eq!(e.scope(), Some("agents:chat"));
+        assert_eq!(e.actor(), Some("user-1"));
+        assert_eq!(e.actor_role(), Some("api_key_mgmt_service"));
+        assert_eq!(e.client_ip(), Some("203.0.113.7"));
+        assert_eq!(e.user_agent(), None);
+        let mut r = read("openai", Some(""));
+        r.tenant = None;
+        let e = Entry::new(&r).unwrap();
+        assert_eq!(e.tenant(), None);
+        assert_eq!(e.user_agent(), Some(""));
+    }
+
+    #[test]
+    fn too_long_is_refused_not_cut() {
+        let long = "p".repeat(65);
+        assert!(Entry::new(&read(&long, None)).is_none());
+        let ua = "é".repeat(USER_AGENT_CHARS); // 600 bytes: fits
+        assert!(Entry::new(&read("openai", Some(&ua))).is_some());
+        let ua = "😀".repeat(USER_AGENT_CHARS + 1); // 1204 bytes: does not
+        assert!(Entry::new(&read("openai", Some(&ua))).is_none());
+        assert_eq!(Field::<4>::new(Some("abcd")).unwrap().get(), Some("abcd"));
+        assert!(Field::<4>::new(Some("abcde")).is_none());
+    }
+
+    #[test]
+    fn headers_like_sql() {
+        let h = json!({"x-forwarded-for": " 203.0.113.7 , 10.0.0.1", "x-real-ip": "10.9.9.9",
+                       "user-agent": "a".repeat(400)});
+        assert_eq!(client_ip(&h).as_deref(), Some("203.0.113.7"));
+        assert_eq!(user_agent(&h).map(|u| u.len()), Some(USER_AGENT_CHARS));
+        let h = json!({"x-real-ip": "10.9.9.9"});
+        assert_eq!(client_ip(&h).as_deref(), Some("10.9.9.9"));
+        assert_eq!(user_agent(&h), None);
+        let h = json!({"x-forwarded-for": null, "x-real-ip": 17, "user-agent": null});
+        assert_eq!(client_ip(&h).as_deref(), Some("17"));
+        assert_eq!(user_agent(&h), None);
+        assert_eq!(client_ip(&json!({})), None);
+    }
+
+    #[test]
+    fn ring_room() {
+        assert!(has_room(0, 0, 4));
+        assert!(has_room(3, 0, 4));
+        assert!(!has_room(4, 0, 4));
+        assert!(has_room(5, 2, 4));
+        assert!(!has_room(0, 0, 0));
+        assert!(has_room(u64::MAX, u64::MAX - 1, 4));
+    }
+}

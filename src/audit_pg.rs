@@ -1,0 +1,309 @@
+//! The shared-memory queue of `secret.decrypted` audit entries (only with
+//! `shared_preload_libraries` and `api_key_mgmt.audit_queue_size` > 0).
+//!
+//! A secret read appends its entry here instead of inserting into `audit_log` in the
+//! reading transaction, and the maintenance background worker (`src/agents_pg.rs`)
+//! writes the queue into `audit_log` in batches. So a read stays a read (no XID, no WAL
+//! of its own), works in READ ONLY transactions, and stays audited when the reader rolls
+//! back. Entries are taken only for the worker's database and only while the worker is
+//! running; a full queue, another database, or a value too long for its field means the
+//! read is audited synchronously, as without the queue. Entries not yet written are lost
+//! if the server crashes (they are written before a clean shutdown).
+//!
+//! Layout: a [`Header`] then `capacity` [`Entry`]s, guarded by one LWLock (tranche
+//! `api_key_mgmt_audit`). The worker copies entries out, writes them, and only then
+//! advances `tail`: a failed write leaves them queued for its next attempt.
+
+use crate::audit::{self, Entry};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const TRANCHE: &CStr = c"api_key_mgmt_audit";
+const MAGIC: u64 = 0x616b_6d5f_6175_0001;
+/// Entries written per worker transaction.
+const BATCH: usize = 512;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    capacity: u64,
+    /// Next position to write / to read (only grow; the slot is `pos % capacity`).
+    head: u64,
+    tail: u64,
+    /// The worker's latch (0: no worker takes entries) and database.
+    latch: usize,
+    database: u32,
+    /// Entries the worker wrote; reads audited synchronously instead of queued.
+    written: AtomicU64,
+    synchronous: AtomicU64,
+}
+
+static mut SHARED: *mut Header = std::ptr::null_mut();
+static mut LOCK: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
+static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+fn capacity_setting() -> usize {
+    crate::gucs::AUDIT_QUEUE_SIZE.get().max(0) as usize
+}
+
+fn size(capacity: usize) -> usize {
+    std::mem::size_of::<Header>() + capacity * std::mem::size_of::<Entry>()
+}
+
+/// Called from `_PG_init`: install the hooks when preloading with a non-zero size.
+pub fn init() {
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress || capacity_setting() == 0 {
+            return;
+        }
+        PREV_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(on_request);
+        PREV_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(on_startup);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_request() {
+    unsafe {
+        if let Some(prev) = PREV_REQUEST {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(size(capacity_setting()));
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_startup() {
+    unsafe {
+        if let Some(prev) = PREV_STARTUP {
+            prev();
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let capacity = capacity_setting();
+        let mut found = false;
+        let p = pg_sys::ShmemInitStruct(
+            c"api_key_mgmt audit queue".as_ptr(),
+            size(capacity),
+            &mut found,
+        ) as *mut Header;
+        if !found {
+            std::ptr::write_bytes(p as *mut u8, 0, size(capacity));
+            (*p).capacity = capacity as u64;
+            (*p).magic = MAGIC;
+        }
+        LOCK = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+        SHARED = p;
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+fn active() -> bool {
+    unsafe { !SHARED.is_null() && (*SHARED).magic == MAGIC }
+}
+
+/// The entry at ring position `pos`. Caller holds the lock.
+unsafe fn slot(pos: u64) -> *mut Entry {
+    unsafe {
+        let base = (SHARED as *mut u8).add(std::mem::size_of::<Header>()) as *mut Entry;
+        base.add((pos % (*SHARED).capacity) as usize)
+    }
+}
+
+struct Locked;
+
+impl Locked {
+    fn acquire() -> Locked {
+        unsafe { pg_sys::LWLockAcquire(&raw mut (*LOCK).lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        Locked
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        unsafe { pg_sys::LWLockRelease(&raw mut (*LOCK).lock) };
+    }
+}
+
+/// Queue a read's entry. `false`: not queued (no queue, no worker for this database,
+/// queue full, or a value too long): the caller audits synchronously.
+pub fn enqueue(read: &audit::Read) -> bool {
+    if !active() {
+        return false;
+    }
+    let queued = Entry::new(read).and_then(|entry| {
+        let _lock = Locked::acquire();
+        let h = unsafe { &mut *SHARED };
+        if h.latch == 0
+            || h.database != read.database
+            || !audit::has_room(h.head, h.tail, h.capacity)
+        {
+            return None;
+        }
+        let was_empty = h.head == h.tail;
+        unsafe { slot(h.head).write(entry) };
+        h.head += 1;
+        Some(if was_empty { h.latch } else { 0 })
+    });
+    match queued {
+        Some(latch) => {
+            if latch != 0 {
+                // The worker's latch lives in its PGPROC, in shared memory.
+                unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+            }
+            true
+        }
+        None => {
+            unsafe { (*SHARED).synchronous.fetch_add(1, Ordering::Relaxed) };
+            false
+        }
+    }
+}
+
+/// The worker takes entries for its database from now on (no-op without the queue).
+pub fn attach_worker() {
+    if !active() {
+        return;
+    }
+    let _lock = Locked::acquire();
+    unsafe {
+        (*SHARED).latch = pg_sys::MyLatch as usize;
+        (*SHARED).database = pg_sys::MyDatabaseId.to_u32();
+        pg_sys::before_shmem_exit(Some(on_worker_exit), pg_sys::Datum::from(0usize));
+    }
+}
+
+/// The worker takes no more entries: later reads are audited synchronously. Called
+/// before its last drain at shutdown, and when it exits for any reason.
+pub fn detach_worker() {
+    if !active() {
+        return;
+    }
+    let _lock = Locked::acquire();
+    unsafe { (*SHARED).latch = 0 };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_worker_exit(_code: i32, _arg: pg_sys::Datum) {
+    detach_worker();
+}
+
+/// Worker: write up to [`BATCH`] queued entries into `audit_log` in the current
+/// transaction (the extension is installed), or drop them (it is not: there is nowhere
+/// to write them). Returns how many were taken.
+pub fn drain_batch(installed: bool) -> usize {
+    if !active() {
+        return 0;
+    }
+    let (tail, entries) = {
+        let _lock = Locked::acquire();
+        let h = unsafe { &*SHARED };
+        let n = (h.head - h.tail).min(BATCH as u64);
+        let entries: Vec<Entry> = (0..n).map(|i| unsafe { *slot(h.tail + i) }).collect();
+        (h.tail, entries)
+    };
+    if entries.is_empty() {
+        return 0;
+    }
+    if installed {
+        write(&entries);
+    }
+    let _lock = Locked::acquire();
+    unsafe {
+        (*SHARED).tail = tail + entries.len() as u64;
+        if installed {
+            (*SHARED)
+                .written
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        }
+    }
+    entries.len()
+}
+
+/// Insert the entries, as `api_key_mgmt_internal.audit()` would have, in one statement.
+fn write(entries: &[Entry]) {
+    let text = |f: fn(&Entry) -> Option<&str>| -> Vec<Option<String>> {
+        entries.iter().map(|e| f(e).map(str::to_owned)).collect()
+    };
+    let at: Vec<i64> = entries.iter().map(|e| e.occurred_at).collect();
+    let tenant: Vec<Option<Uuid>> = entries
+        .iter()
+        .map(|e| e.tenant().map(Uuid::from_bytes))
+        .collect();
+    let secret: Vec<Uuid> = entries
+        .iter()
+        .map(|e| Uuid::from_bytes(e.secret()))
+        .collect();
+    let source: Vec<Option<String>> = entries
+        .iter()
+        .map(|e| e.source().map(|s| s.as_str().to_owned()))
+        .collect();
+    Spi::run("SET LOCAL search_path = pg_catalog, pg_temp").expect("set search_path");
+    Spi::run_with_args(
+        "INSERT INTO api_key_mgmt.audit_log (occurred_at, tenant_id, actor, actor_role, action, \
+                 target_type, target_id, details, client_ip, user_agent) \
+         SELECT timestamptz '2000-01-01 00:00:00+00' + u.us * interval '1 microsecond', u.t, \
+                u.actor, u.role, 'secret.decrypted', 'secret', u.sid::text, \
+                jsonb_build_object('provider', u.p, 'source', u.s, 'scope', u.sc), u.ip, u.ua \
+           FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], \
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
+                AS u(us, t, actor, role, sid, p, s, sc, ip, ua)",
+        &[
+            at.into(),
+            tenant.into(),
+            text(Entry::actor).into(),
+            text(Entry::actor_role).into(),
+            secret.into(),
+            text(Entry::provider).into(),
+            source.into(),
+            text(Entry::scope).into(),
+            text(Entry::client_ip).into(),
+            text(Entry::user_agent).into(),
+        ],
+    )
+    .expect("write queued audit entries");
+}
+
+/// Worker: whether entries are waiting.
+pub fn pending() -> bool {
+    active() && {
+        let _lock = Locked::acquire();
+        unsafe { (*SHARED).head != (*SHARED).tail }
+    }
+}
+
+/// `audit_queue_status() RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)`
+#[pg_extern(sql = false)]
+fn audit_queue_status() -> TableIterator<
+    'static,
+    (
+        name!(mode, String),
+        name!(capacity, i64),
+        name!(queued, i64),
+        name!(written, i64),
+        name!(synchronous, i64),
+    ),
+> {
+    if !active() {
+        return TableIterator::once(("synchronous".to_owned(), 0, 0, 0, 0));
+    }
+    let row = {
+        let _lock = Locked::acquire();
+        let h = unsafe { &*SHARED };
+        let here = h.latch != 0 && h.database == unsafe { pg_sys::MyDatabaseId }.to_u32();
+        (
+            if here { "queue" } else { "synchronous" }.to_owned(),
+            h.capacity as i64,
+            (h.head - h.tail) as i64,
+            h.written.load(Ordering::Relaxed) as i64,
+            h.synchronous.load(Ordering::Relaxed) as i64,
+        )
+    };
+    TableIterator::once(row)
+}

@@ -1,0 +1,153 @@
+//! Secret reads audited through the shared-memory queue (src/audit_pg.rs), on a cluster
+//! of its own whose maintenance worker serves `postgres` (the default database of
+//! `api_key_mgmt.agent_maintenance_database`) with a queue of 16 entries.
+
+use crate::common::secrets::*;
+use crate::common::sql::*;
+use crate::common::{wait_until, Cluster};
+use postgres::Client;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const QUEUE: i64 = 16;
+
+fn queue_cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut c = Cluster::init("auditq");
+        let conf = c.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n"
+        ));
+        std::fs::write(&conf, text).unwrap();
+        c.start();
+        c
+    })
+}
+
+/// (mode, queued, written)
+fn status(c: &mut Client) -> (String, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT mode, queued, written FROM api_key_mgmt.audit_queue_status()",
+            &[],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+fn audited(c: &mut Client, secret: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM api_key_mgmt.audit_log WHERE action = 'secret.decrypted' AND target_id = $1",
+        &[&secret],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A read in a READ ONLY transaction that then rolls back is still audited, with what
+/// the synchronous path records (user id, role, client address, user agent, details).
+/// With the worker's INSERT held up, the queue takes exactly its capacity and further
+/// reads fall back to synchronous auditing (refused in READ ONLY transactions: 25006);
+/// released, every queued entry is written once. Another database of the cluster is
+/// audited synchronously. `audit_reads_in_transaction` forces the synchronous path.
+#[test]
+fn audit_secret_reads_through_the_queue() {
+    let cluster = queue_cluster();
+    let mut su = cluster.connect("postgres");
+    su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
+    let file = KeyFile::create(cluster, "it_audit_queue", vec![MasterKey::random(1)], None);
+    set_database_key_file(&mut su, "postgres", &file.path);
+    let mut su = cluster.connect("postgres");
+    let tenant = create_tenant(&mut su, "queued audit");
+    let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
+    wait_until("the worker takes entries", Duration::from_secs(30), || {
+        status(&mut su).0 == "queue"
+    });
+
+    // A read-only read, rolled back, by a user behind PostgREST.
+    let mut reader = cluster.connect("postgres");
+    reader
+        .batch_execute(
+            r#"BEGIN READ ONLY;
+               SET LOCAL request.jwt.claims = '{"sub": "user-42"}';
+               SET LOCAL request.headers = '{"x-forwarded-for": "203.0.113.7, 10.0.0.1", "user-agent": "it-agent/1.0"}';"#,
+        )
+        .unwrap();
+    let plain = try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap();
+    assert!(plain.is_some());
+    reader.batch_execute("ROLLBACK").unwrap();
+    wait_until("the entry is written", Duration::from_secs(30), || {
+        audited(&mut su, &secret_id) == 1
+    });
+    let row = su
+        .query_one(
+            "SELECT tenant_id::text, actor, actor_role, target_type, client_ip, user_agent, \
+                    details->>'provider', details->>'source', details->>'scope', \
+                    occurred_at <= clock_timestamp() AND occurred_at > clock_timestamp() - interval '1 minute' \
+               FROM api_key_mgmt.audit_log WHERE action = 'secret.decrypted' AND target_id = $1",
+            &[&secret_id],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), tenant);
+    assert_eq!(row.get::<_, String>(1), "user-42");
+    assert_eq!(row.get::<_, String>(2), "postgres");
+    assert_eq!(row.get::<_, String>(3), "secret");
+    assert_eq!(row.get::<_, String>(4), "203.0.113.7");
+    assert_eq!(row.get::<_, String>(5), "it-agent/1.0");
+    assert_eq!(row.get::<_, String>(6), "openai");
+    assert_eq!(row.get::<_, String>(7), "tenant");
+    assert_eq!(row.get::<_, String>(8), SCOPE);
+    assert!(row.get::<_, bool>(9));
+
+    // Hold the worker's INSERT: the queue fills to its capacity, then READ ONLY reads
+    // are refused (they would have to be audited in their own transaction).
+    let mut holder = cluster.connect("postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE api_key_mgmt.audit_log IN EXCLUSIVE MODE")
+        .unwrap();
+    reader
+        .batch_execute("SET default_transaction_read_only = on")
+        .unwrap();
+    let mut ok = 0;
+    for _ in 0..QUEUE + 4 {
+        match try_get_secret(&mut reader, Some(&tenant), "openai", None) {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(sqlstate(&e), "25006", "{e:?}"),
+        }
+    }
+    assert_eq!(ok, QUEUE, "the queue takes exactly its capacity");
+    assert_eq!(status(&mut su).1, QUEUE);
+    holder.batch_execute("ROLLBACK").unwrap();
+    wait_until("the queue is written", Duration::from_secs(30), || {
+        audited(&mut su, &secret_id) == 1 + QUEUE && status(&mut su).1 == 0
+    });
+    assert_eq!(status(&mut su).2, 1 + QUEUE, "written once each");
+
+    // In the reading transaction on request: read-only refused, a rollback leaves nothing.
+    reader
+        .batch_execute("SET api_key_mgmt.audit_reads_in_transaction = on")
+        .unwrap();
+    assert_sqlstate(
+        try_get_secret(&mut reader, Some(&tenant), "openai", None),
+        "25006",
+        "read-only read audited in its transaction",
+    );
+    reader
+        .batch_execute("SET default_transaction_read_only = off")
+        .unwrap();
+    reader.batch_execute("BEGIN").unwrap();
+    try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap();
+    reader.batch_execute("ROLLBACK").unwrap();
+    try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap();
+    assert_eq!(audited(&mut su, &secret_id), 2 + QUEUE);
+
+    // Another database: no worker there, so reads are audited synchronously.
+    su.batch_execute("CREATE DATABASE it_audit_other").unwrap();
+    let mut other = cluster.connect("it_audit_other");
+    other
+        .batch_execute("CREATE EXTENSION api_key_mgmt")
+        .unwrap();
+    assert_eq!(status(&mut other).0, "synchronous");
+}
