@@ -28,6 +28,17 @@ pub struct Row {
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
     names: Rc<[String]>,
+    stamp: Stamp,
+}
+
+/// Which version of a row a [`Row`] was copied from: its TID and (raw) `xmin`. A
+/// version visible to a snapshot is the only visible version of its row, so facts
+/// derived from it can be reused while [`still_visible`] says so.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Stamp {
+    block: u32,
+    offset: u16,
+    xmin: u32,
 }
 
 impl Row {
@@ -50,6 +61,10 @@ impl Row {
         let i = self.index(name);
         unsafe { T::from_datum(self.values[i], self.nulls[i]) }
     }
+
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
 }
 
 /// What a backend remembers about one of the extension's relations.
@@ -63,6 +78,7 @@ struct Cached {
 thread_local! {
     static CACHE: RefCell<HashMap<&'static CStr, Cached>> = RefCell::new(HashMap::new());
     static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[pgrx::pg_guard]
@@ -73,6 +89,13 @@ unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, _relid: pg_sys::Oid)
             m.clear();
         }
     });
+    GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+/// Bumped by every relcache invalidation: caches keyed by [`Stamp`]s (TIDs) drop their
+/// entries when it changes, since a table rewrite (VACUUM FULL, CLUSTER) moves rows.
+pub fn generation() -> u64 {
+    GENERATION.with(std::cell::Cell::get)
 }
 
 fn cached(name: &'static CStr) -> Cached {
@@ -133,7 +156,61 @@ unsafe fn copy_row(
             values,
             nulls,
             names,
+            stamp: stamp_of(copy),
         }
+    }
+}
+
+unsafe fn stamp_of(tuple: pg_sys::HeapTuple) -> Stamp {
+    unsafe {
+        let tid = (*tuple).t_self;
+        Stamp {
+            block: ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32,
+            offset: tid.ip_posid,
+            xmin: (*(*tuple).t_data).t_choice.t_heap.t_xmin.into(),
+        }
+    }
+}
+
+/// Whether the row version `stamp` of `api_key_mgmt.<table>` is visible to the current
+/// snapshot and is still the row whose uuid column `id_column` is `id`: one heap fetch
+/// by TID instead of an index probe. The table is locked as by [`lookup`].
+pub fn still_visible(table: &'static CStr, stamp: Stamp, id_column: &str, id: &[u8; 16]) -> bool {
+    let relid = cached(table).oid;
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        let tupdesc = (*rel).rd_att;
+        let names = column_names(table, tupdesc);
+        let mut tuple = pg_sys::HeapTupleData::default();
+        tuple.t_self.ip_blkid.bi_hi = (stamp.block >> 16) as u16;
+        tuple.t_self.ip_blkid.bi_lo = (stamp.block & 0xffff) as u16;
+        tuple.t_self.ip_posid = stamp.offset;
+        let mut buffer: pg_sys::Buffer = 0;
+        let mut same = false;
+        // The block may no longer exist (truncated by VACUUM): then it is not the row.
+        let nblocks =
+            pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        if stamp.block < nblocks
+            && pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false)
+        {
+            let xmin: u32 = (*tuple.t_data).t_choice.t_heap.t_xmin.into();
+            if xmin == stamp.xmin {
+                if let Some(attno) = names.iter().position(|n| n == id_column) {
+                    let mut isnull = false;
+                    let d =
+                        pg_sys::heap_getattr(&mut tuple, attno as i32 + 1, tupdesc, &mut isnull);
+                    same = !isnull && *(d.cast_mut_ptr::<[u8; 16]>()) == *id;
+                }
+            }
+            pg_sys::ReleaseBuffer(buffer);
+        }
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        same
     }
 }
 

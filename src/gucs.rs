@@ -207,16 +207,11 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"api_key_mgmt.audit_queue_size",
-        c"Secret-read audit entries the shared-memory queue holds (0: no queue).",
-        c"With the library preloaded, reads in the maintenance worker's database are audited through the queue, written by the worker.",
-        &AUDIT_QUEUE_SIZE,
-        0,
-        65536,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // Server-start setting: defined only while preloading (as rate_limit_slots); without
+    // preload there is no queue and the setting does not exist.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_audit_queue_size();
+    }
     GucRegistry::define_bool_guc(
         c"api_key_mgmt.audit_reads_in_transaction",
         c"Write each secret-read audit entry in the reading transaction instead of through the queue.",
@@ -274,4 +269,17 @@ pub fn tenant_claim_paths() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn define_audit_queue_size() {
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.audit_queue_size",
+        c"Secret-read audit entries the shared-memory queue holds (0: no queue).",
+        c"With the library preloaded, reads in the maintenance worker's database are audited through the queue, written by the worker.",
+        &AUDIT_QUEUE_SIZE,
+        0,
+        65536,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }

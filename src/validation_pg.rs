@@ -23,6 +23,9 @@ use crate::validation::{self, Code, KeyFacts, Request, TenantFacts};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Output columns, in the order of type `api_key_mgmt.key_validation`.
 const N_OUT: usize = 14;
@@ -169,30 +172,17 @@ unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
             return out.code(Code::NotFound);
         };
         let tenant_id = key_row.datum("tenant_id").expect("tenant_id is NOT NULL");
-        let tenant_row = catalog::lookup_unique(
-            c"tenants",
-            c"tenants_pkey",
-            "id",
-            pg_sys::F_UUID_EQ,
-            tenant_id,
-        )
-        .expect("foreign key guarantees the tenant");
+        let tenant = tenant_facts(tenant_id);
 
         let key_facts = key_facts(&key_row);
-        let tenant_facts = TenantFacts {
-            disabled: tenant_row.datum("disabled_at").is_some(),
-            allowed_scopes: tenant_row
-                .get::<Vec<String>>("allowed_scopes")
-                .unwrap_or_default(),
-        };
         let now = pg_sys::GetCurrentTransactionStartTimestamp();
-        let mut code = validation::decide(&key_facts, &tenant_facts, &req, now);
+        let mut code = validation::decide(&key_facts, &tenant.facts, &req, now);
         if code == Code::Ok {
             let key_id = key_row.datum("id").expect("id is NOT NULL");
             let metered = |row: &Row| row.get::<bool>("metered").unwrap_or(false);
             let m = crate::metering_pg::report(
                 metered(&key_row).then_some(key_id),
-                metered(&tenant_row).then_some(tenant_id),
+                tenant.metered.then_some(tenant_id),
                 cost,
             );
             code = m.code.unwrap_or(Code::Ok);
@@ -225,6 +215,74 @@ unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
         out.set(O_GRACE, key_row.datum("grace_until"));
         out.set(O_METADATA, key_row.datum("metadata"));
     }
+}
+
+/// What validation needs of a tenant row, and which version of the row it came from.
+struct CachedTenant {
+    stamp: catalog::Stamp,
+    facts: TenantFacts,
+    metered: bool,
+}
+
+/// Tenants cached per backend before the cache is emptied and filled again.
+const TENANT_CACHE: usize = 16384;
+
+/// Tenant facts by tenant id, with the catalog generation they were read under.
+type TenantCache = (u64, HashMap<[u8; 16], Rc<CachedTenant>>);
+
+thread_local! {
+    static TENANTS: RefCell<TenantCache> = RefCell::new((0, HashMap::new()));
+}
+
+/// The facts of the key's tenant as the current snapshot sees them. A cached entry is
+/// used only while its row version is still the visible one (one heap fetch by TID);
+/// otherwise the tenants' primary key is probed and the entry replaced. So a disabled
+/// tenant or a narrowed plan takes effect exactly when a probe would see it.
+fn tenant_facts(tenant_id: pg_sys::Datum) -> Rc<CachedTenant> {
+    let id: [u8; 16] = unsafe { *tenant_id.cast_mut_ptr::<[u8; 16]>() };
+    let generation = catalog::generation();
+    let cached = TENANTS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != generation {
+            *c = (generation, HashMap::new());
+        }
+        c.1.get(&id).cloned()
+    });
+    if let Some(t) = cached {
+        if catalog::still_visible(c"tenants", t.stamp, "id", &id) {
+            return t;
+        }
+    }
+    let row = catalog::lookup_unique(
+        c"tenants",
+        c"tenants_pkey",
+        "id",
+        pg_sys::F_UUID_EQ,
+        tenant_id,
+    )
+    .expect("foreign key guarantees the tenant");
+    let fresh = Rc::new(CachedTenant {
+        stamp: row.stamp(),
+        facts: TenantFacts {
+            disabled: row.datum("disabled_at").is_some(),
+            allowed_scopes: row.get::<Vec<String>>("allowed_scopes").unwrap_or_default(),
+        },
+        metered: row.get::<bool>("metered").unwrap_or(false),
+    });
+    TENANTS.with(|c| {
+        let mut c = c.borrow_mut();
+        // A probe may have run catalog invalidations: keep the entry only if the
+        // generation it was read under is still current.
+        if c.0 != catalog::generation() {
+            *c = (catalog::generation(), HashMap::new());
+        } else {
+            if c.1.len() >= TENANT_CACHE {
+                c.1.clear();
+            }
+            c.1.insert(id, fresh.clone());
+        }
+    });
+    fresh
 }
 
 fn key_facts(row: &Row) -> KeyFacts {

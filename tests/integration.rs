@@ -309,6 +309,83 @@ fn read_only_transactions() {
     assert_eq!(count(&mut c, "FROM api_key_mgmt.tenants"), 1);
 }
 
+/// Each backend caches its tenants' facts (disabled, plan) and reuses them only while
+/// the cached row version is the one its snapshot sees: a change committed by another
+/// session shows at the next snapshot, never earlier (REPEATABLE READ keeps seeing the
+/// old state) and never later; after VACUUM FULL (rows move) too.
+#[test]
+fn tenant_state_follows_snapshots() {
+    let db = TestDb::new("it_tenant_cache");
+    let mut admin = db.connect();
+    let tenant = create_tenant(&mut admin, "cached");
+    let key = issue(&mut admin, &tenant, "k");
+    let mut a = db.connect();
+    let mut b = db.connect();
+    let scoped = |c: &mut Client, scope: &str| -> String {
+        c.query_one(
+            "SELECT code FROM api_key_mgmt.validate_api_key($1, $2)",
+            &[&key.key, &scope],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_code(&mut a, &key, "ok");
+    assert_code(&mut b, &key, "ok");
+
+    // A holds an old snapshot while the tenant is disabled.
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    assert_code(&mut a, &key, "ok");
+    admin
+        .execute(
+            "SELECT api_key_mgmt.disable_tenant($1::text::uuid)",
+            &[&tenant],
+        )
+        .unwrap();
+    assert_code(&mut b, &key, "tenant_disabled");
+    assert_code(&mut a, &key, "ok");
+    a.batch_execute("COMMIT").unwrap();
+    assert_code(&mut a, &key, "tenant_disabled");
+
+    // B caches the disabled state inside an old snapshot; enabling shows after it.
+    b.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    assert_code(&mut b, &key, "tenant_disabled");
+    admin
+        .execute(
+            "SELECT api_key_mgmt.enable_tenant($1::text::uuid)",
+            &[&tenant],
+        )
+        .unwrap();
+    assert_code(&mut a, &key, "ok");
+    assert_code(&mut b, &key, "tenant_disabled");
+    b.batch_execute("COMMIT").unwrap();
+    assert_code(&mut b, &key, "ok");
+
+    // A narrowed plan, then the table rewritten under the caches.
+    assert_eq!(scoped(&mut a, "agents:orchestration"), "ok");
+    admin
+        .execute(
+            "SELECT api_key_mgmt.update_tenant($1::text::uuid, '{\"allowed_scopes\": [\"voice:*\"]}')",
+            &[&tenant],
+        )
+        .unwrap();
+    assert_eq!(scoped(&mut a, "agents:orchestration"), "scope_denied");
+    admin
+        .batch_execute("VACUUM FULL api_key_mgmt.tenants")
+        .unwrap();
+    assert_eq!(scoped(&mut a, "agents:orchestration"), "scope_denied");
+    assert_eq!(scoped(&mut b, "agents:orchestration"), "scope_denied");
+    admin
+        .execute(
+            "SELECT api_key_mgmt.disable_tenant($1::text::uuid)",
+            &[&tenant],
+        )
+        .unwrap();
+    assert_code(&mut a, &key, "tenant_disabled");
+    assert_code(&mut b, &key, "tenant_disabled");
+}
+
 /// Stops and removes a cluster when dropped (also when the test fails).
 struct Destroy(Cluster);
 
