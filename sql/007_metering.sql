@@ -38,6 +38,11 @@ CREATE FUNCTION api_key_mgmt_internal.shmem_consume(ids uuid[], period_us bigint
 CREATE FUNCTION api_key_mgmt_internal.rate_limit_capacity() RETURNS bigint
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rate_limit_capacity_wrapper';
 
+-- meter_row_valid(subject_id, tenant_id, key_id, daily_cap, monthly_cap, credits,
+-- credits_refill, credits_refill_period) -> boolean: the meters row constraint.
+CREATE FUNCTION api_key_mgmt_internal.meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid,
+    daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text)
+    RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'meter_row_valid_wrapper';
 -- rate_limit_mode() -> text: 'shared_memory' (library preloaded) or 'table'.
 CREATE FUNCTION api_key_mgmt.rate_limit_mode() RETURNS text
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rate_limit_mode_wrapper';
@@ -56,8 +61,8 @@ CREATE TABLE api_key_mgmt.meters (
     key_id                uuid UNIQUE REFERENCES api_key_mgmt.api_keys (id) ON DELETE CASCADE,
     -- Tenant meters: the time zone of days and months (key meters use their tenant's).
     time_zone             text NOT NULL DEFAULT 'UTC',
-    daily_cap             numeric CHECK (daily_cap >= 0),
-    monthly_cap           numeric CHECK (monthly_cap >= 0),
+    daily_cap             numeric,
+    monthly_cap           numeric,
     day_spent             numeric NOT NULL DEFAULT 0,
     day_ends_at           timestamptz,
     month_spent           numeric NOT NULL DEFAULT 0,
@@ -65,8 +70,8 @@ CREATE TABLE api_key_mgmt.meters (
     -- Prepaid balance in the unit of cost; NULL: no credits. May go below zero only by
     -- a settled reservation that cost more than it held.
     credits               numeric,
-    credits_refill        numeric CHECK (credits_refill >= 0),
-    credits_refill_period text CHECK (credits_refill_period IN ('day', 'month')),
+    credits_refill        numeric,
+    credits_refill_period text,
     -- End of the refill period in which the balance was last set.
     credits_until         timestamptz,
     -- The balance last granted (set or refilled): 'credits_low' fires at 20% of it.
@@ -82,9 +87,12 @@ CREATE TABLE api_key_mgmt.meters (
     limit_max             integer[],
     limit_burst           integer[],
     updated_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT meters_subject CHECK (subject_id = COALESCE(key_id, tenant_id)),
-    CONSTRAINT meters_refill_needs_period CHECK ((credits_refill IS NULL) = (credits_refill_period IS NULL)),
-    CONSTRAINT meters_refill_needs_credits CHECK (credits_refill IS NULL OR credits IS NOT NULL)
+    -- Caps and refill >= 0; refill period 'day' or 'month'; refill and period set
+    -- together and only with credits; subject_id = COALESCE(key_id, tenant_id). One
+    -- Rust call (src/metering_pg.rs): CHECK expressions are rebuilt on every statement.
+    CONSTRAINT meters_valid CHECK (api_key_mgmt_internal.meter_row_valid(
+        subject_id, tenant_id, key_id, daily_cap, monthly_cap, credits, credits_refill,
+        credits_refill_period))
 );
 COMMENT ON TABLE api_key_mgmt.meters IS
     'api_key_mgmt: caps, credits and running totals per key and per tenant';

@@ -318,3 +318,33 @@ pub unsafe fn report(
     }
     out
 }
+
+/// `meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid, daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text) RETURNS boolean`
+///
+/// The `meters` row constraint in one call: caps and refill not negative, a refill
+/// period of `day` or `month`, refill and period set together and only with credits,
+/// and the subject is the key (key meters) or the tenant. One CHECK calling this
+/// instead of seven: the executor rebuilds every CHECK expression of a table from its
+/// stored text on each UPDATE or INSERT statement, which was about 15 % of a charge.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
+fn meter_row_valid(
+    subject_id: Option<Uuid>,
+    tenant_id: Option<Uuid>,
+    key_id: Option<Uuid>,
+    daily_cap: Option<AnyNumeric>,
+    monthly_cap: Option<AnyNumeric>,
+    credits: Option<AnyNumeric>,
+    credits_refill: Option<AnyNumeric>,
+    credits_refill_period: Option<&str>,
+) -> bool {
+    let zero = AnyNumeric::from(0);
+    let non_negative = |v: &Option<AnyNumeric>| v.as_ref().is_none_or(|x| *x >= zero);
+    non_negative(&daily_cap)
+        && non_negative(&monthly_cap)
+        && non_negative(&credits_refill)
+        && credits_refill_period.is_none_or(|p| p == "day" || p == "month")
+        && subject_id == key_id.or(tenant_id)
+        && credits_refill.is_none() == credits_refill_period.is_none()
+        && (credits_refill.is_none() || credits.is_some())
+}

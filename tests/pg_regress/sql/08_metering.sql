@@ -271,3 +271,14 @@ SELECT key_id AS capped FROM api_key_mgmt.issue_api_key(:'t', 'capped at issue',
     daily_cap => 5, monthly_cap => 50, credits => 100) \gset
 SELECT daily_cap, monthly_cap, credits FROM api_key_mgmt.meter_status WHERE key_id = :'capped';
 SELECT regress.try(format('SELECT api_key_mgmt.issue_api_key(%L, %L, %L, daily_cap => -1)', :'t', 'bad cap', '{agents:*}'));
+
+-- The meters row constraint holds even for direct writes (as a superuser would make).
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET daily_cap = -1 WHERE key_id = %L', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET monthly_cap = -0.5 WHERE key_id = %L', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET credits = 5, credits_refill = -1, credits_refill_period = %L WHERE key_id = %L', 'day', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET credits = 5, credits_refill = 1, credits_refill_period = %L WHERE key_id = %L', 'week', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET credits = 5, credits_refill = 1 WHERE key_id = %L', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET credits = NULL, credits_refill = 1, credits_refill_period = %L WHERE key_id = %L', 'day', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET subject_id = tenant_id WHERE key_id = %L', :'k'));
+SELECT regress.try(format('UPDATE api_key_mgmt.meters SET daily_cap = 0, monthly_cap = 1, credits = 5, credits_refill = 1, credits_refill_period = %L WHERE key_id = %L', 'month', :'k'));
+SELECT api_key_mgmt.set_key_caps(:'k');
