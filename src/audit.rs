@@ -260,6 +260,12 @@ mod tests {
     }
 
     #[test]
+    fn entry_size_is_documented() {
+        // README, Settings: api_key_mgmt.audit_queue_size.
+        assert_eq!(std::mem::size_of::<Entry>(), 2104);
+    }
+
+    #[test]
     fn ring_room() {
         assert!(has_room(0, 0, 4));
         assert!(has_room(3, 0, 4));

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Flow: bounds and shape of the key (no table read for a malformed or mistyped key) →
-//! SHA-256 → unique-index probe on `api_keys.key_hash` → probe of `tenants` by id →
+//! SHA-256 → unique-index probe on `api_keys.key_hash` → the tenant's facts (cached per
+//! backend while their row version is the visible one, else a probe of `tenants` by id) →
 //! [`crate::validation::decide`] → for a valid key, metering ([`crate::metering_pg::report`]:
 //! caps and credits, then rate limits, consuming `cost` tokens in shared memory) → one
 //! composite row. It never raises for a bad key
