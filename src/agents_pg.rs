@@ -156,14 +156,19 @@ fn extension_installed() -> bool {
     .unwrap_or(false)
 }
 
-/// Write every queued audit entry, a batch per transaction.
+/// Write every queued audit entry, a batch per transaction; a batch leaves the queue only
+/// once its transaction has committed (dropped instead if the extension is not
+/// installed here: there is no audit_log to write to).
 fn drain_audit_queue() {
-    while crate::audit_pg::pending() {
-        let taken =
-            BackgroundWorker::transaction(|| crate::audit_pg::drain_batch(extension_installed()));
-        if taken == 0 {
-            break;
-        }
+    while let Some((tail, entries)) = crate::audit_pg::peek_batch() {
+        let written = BackgroundWorker::transaction(|| {
+            let installed = extension_installed();
+            if installed {
+                crate::audit_pg::write(&entries);
+            }
+            installed
+        });
+        crate::audit_pg::advance(tail, entries.len(), written);
     }
 }
 

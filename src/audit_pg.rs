@@ -11,8 +11,9 @@
 //! if the server crashes (they are written before a clean shutdown).
 //!
 //! Layout: a [`Header`] then `capacity` [`Entry`]s, guarded by one LWLock (tranche
-//! `api_key_mgmt_audit`). The worker copies entries out, writes them, and only then
-//! advances `tail`: a failed write leaves them queued for its next attempt.
+//! `api_key_mgmt_audit`). The worker copies entries out, writes them, and only after its
+//! transaction commits advances `tail`: a failed write leaves them queued for its next
+//! attempt.
 
 use crate::audit::{self, Entry};
 use pgrx::pg_sys;
@@ -194,40 +195,39 @@ unsafe extern "C-unwind" fn on_worker_exit(_code: i32, _arg: pg_sys::Datum) {
     detach_worker();
 }
 
-/// Worker: write up to [`BATCH`] queued entries into `audit_log` in the current
-/// transaction (the extension is installed), or drop them (it is not: there is nowhere
-/// to write them). Returns how many were taken.
-pub fn drain_batch(installed: bool) -> usize {
+/// Worker: a copy of up to [`BATCH`] queued entries and the ring position of the first.
+/// They stay queued until [`advance`] (after the transaction that wrote them commits).
+pub fn peek_batch() -> Option<(u64, Vec<Entry>)> {
     if !active() {
-        return 0;
-    }
-    let (tail, entries) = {
-        let _lock = Locked::acquire();
-        let h = unsafe { &*SHARED };
-        let n = (h.head - h.tail).min(BATCH as u64);
-        let entries: Vec<Entry> = (0..n).map(|i| unsafe { *slot(h.tail + i) }).collect();
-        (h.tail, entries)
-    };
-    if entries.is_empty() {
-        return 0;
-    }
-    if installed {
-        write(&entries);
+        return None;
     }
     let _lock = Locked::acquire();
-    unsafe {
-        (*SHARED).tail = tail + entries.len() as u64;
-        if installed {
-            (*SHARED)
-                .written
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        }
-    }
-    entries.len()
+    let h = unsafe { &*SHARED };
+    let n = (h.head - h.tail).min(BATCH as u64);
+    (n > 0).then(|| {
+        (
+            h.tail,
+            (0..n).map(|i| unsafe { *slot(h.tail + i) }).collect(),
+        )
+    })
 }
 
-/// Insert the entries, as `api_key_mgmt_internal.audit()` would have, in one statement.
-fn write(entries: &[Entry]) {
+/// Worker: the `n` entries from ring position `tail` are done — written (and committed),
+/// or dropped because the extension is not installed in the worker's database.
+pub fn advance(tail: u64, n: usize, written: bool) {
+    let _lock = Locked::acquire();
+    unsafe {
+        debug_assert_eq!((*SHARED).tail, tail, "only the worker advances the tail");
+        (*SHARED).tail = tail + n as u64;
+        if written {
+            (*SHARED).written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Insert the entries into `audit_log` in the current transaction, as
+/// `api_key_mgmt_internal.audit()` would have, in one statement.
+pub fn write(entries: &[Entry]) {
     let text = |f: fn(&Entry) -> Option<&str>| -> Vec<Option<String>> {
         entries.iter().map(|e| f(e).map(str::to_owned)).collect()
     };
@@ -268,14 +268,6 @@ fn write(entries: &[Entry]) {
         ],
     )
     .expect("write queued audit entries");
-}
-
-/// Worker: whether entries are waiting.
-pub fn pending() -> bool {
-    active() && {
-        let _lock = Locked::acquire();
-        unsafe { (*SHARED).head != (*SHARED).tail }
-    }
 }
 
 /// `audit_queue_status() RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)`

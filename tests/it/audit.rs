@@ -151,3 +151,56 @@ fn audit_secret_reads_through_the_queue() {
         .unwrap();
     assert_eq!(status(&mut other).0, "synchronous");
 }
+
+/// Entries still queued when the server is stopped cleanly are written first: with the
+/// worker's INSERT held up by a lock, three reads wait in the queue; a fast shutdown
+/// ends the lock holder, and after a restart all three entries are in the log.
+#[test]
+fn audit_queue_written_before_a_clean_shutdown() {
+    let mut cluster = Cluster::init("auditq_stop");
+    let conf = cluster.data().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n"
+    ));
+    std::fs::write(&conf, text).unwrap();
+    cluster.start();
+    let path = key_dir(&cluster).join("it_audit_stop");
+    write_private(
+        &cluster,
+        &path,
+        &format!("1 {}\n", MasterKey::random(1).hex()),
+    );
+    let mut su = cluster.connect("postgres");
+    su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
+    set_database_key_file(&mut su, "postgres", &path);
+    let mut su = cluster.connect("postgres");
+    let tenant = create_tenant(&mut su, "audited at shutdown");
+    let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
+    wait_until("the worker takes entries", Duration::from_secs(30), || {
+        status(&mut su).0 == "queue"
+    });
+
+    let mut holder = cluster.connect("postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE api_key_mgmt.audit_log IN EXCLUSIVE MODE")
+        .unwrap();
+    let mut reader = cluster.connect("postgres");
+    for _ in 0..3 {
+        try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap();
+    }
+    assert_eq!(status(&mut su).1, 3);
+    // Stop with the lock still held: its session ends with the shutdown.
+    let out = crate::common::pg_command("pg_ctl")
+        .arg("-D")
+        .arg(cluster.data())
+        .args(["-m", "fast", "-w", "-t", "60", "stop"])
+        .output()
+        .expect("run pg_ctl stop");
+    assert!(out.status.success(), "{out:?}");
+    drop((holder, reader, su));
+    cluster.start();
+    let mut su = cluster.connect("postgres");
+    assert_eq!(audited(&mut su, &secret_id), 3);
+    cluster.destroy();
+}
