@@ -43,6 +43,9 @@ CREATE FUNCTION api_key_mgmt_internal.rate_limit_capacity() RETURNS bigint
 CREATE FUNCTION api_key_mgmt_internal.meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid,
     daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text)
     RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'meter_row_valid_wrapper';
+-- tenant_has_meter(tenant_id) -> boolean: whether the tenant has a meter row.
+CREATE FUNCTION api_key_mgmt_internal.tenant_has_meter(tenant_id uuid) RETURNS boolean
+    STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'tenant_has_meter_wrapper';
 -- rate_limit_mode() -> text: 'shared_memory' (library preloaded) or 'table'.
 CREATE FUNCTION api_key_mgmt.rate_limit_mode() RETURNS text
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rate_limit_mode_wrapper';
@@ -234,23 +237,10 @@ SELECT pg_catalog.pg_extension_config_dump('api_key_mgmt.reservations', '');
 -- ---------------------------------------------------------------------------------
 
 -- check_amount(what, value, nullable): money is numeric, 0 <= value < 10^15, at most 9
--- decimal places. 22004 NULL (unless nullable), 22023 otherwise.
+-- decimal places. 22004 NULL (unless nullable), 22023 otherwise. Rust
+-- (src/metering_pg.rs): it runs on every charge.
 CREATE FUNCTION api_key_mgmt_internal.check_amount(what text, value numeric, nullable boolean)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    IF value IS NULL THEN
-        IF NOT nullable THEN
-            RAISE EXCEPTION '% must not be NULL', what USING ERRCODE = '22004';
-        END IF;
-        RETURN;
-    END IF;
-    IF value = 'NaN'::numeric OR value < 0 OR value >= 1000000000000000
-       OR pg_catalog.scale(value) > 9 AND value <> pg_catalog.round(value, 9) THEN
-        RAISE EXCEPTION '% must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places', what
-            USING ERRCODE = '22023';
-    END IF;
-END
-$$;
+    RETURNS void IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_amount_wrapper';
 
 -- period_ends(now, tz) -> the ends of the day and month containing now in tz.
 CREATE FUNCTION api_key_mgmt_internal.period_ends(p_now timestamptz, p_tz text,
@@ -475,7 +465,11 @@ CREATE FUNCTION api_key_mgmt_internal.meters_now(p_k api_key_mgmt.meters, p_now 
         OUT k api_key_mgmt.meters, OUT t api_key_mgmt.meters, OUT tz text, OUT tenant boolean)
     LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT * INTO t FROM api_key_mgmt.meters x WHERE x.subject_id = p_k.tenant_id;
+    -- Most tenants have no meter row (tenants.metered, set when it is created): then
+    -- no caps, UTC, and no statement to find that out.
+    IF api_key_mgmt_internal.tenant_has_meter(p_k.tenant_id) THEN
+        SELECT * INTO t FROM api_key_mgmt.meters x WHERE x.subject_id = p_k.tenant_id;
+    END IF;
     tz := COALESCE(t.time_zone, 'UTC');
     tenant := api_key_mgmt_internal.metered(t);
     IF tenant THEN
@@ -500,22 +494,11 @@ CREATE FUNCTION api_key_mgmt_internal.metered(m api_key_mgmt.meters)
        AND (m.daily_cap IS NOT NULL OR m.monthly_cap IS NOT NULL OR m.credits IS NOT NULL)
 $$;
 
--- check_charge(what...): the common argument checks of charge_api_key and reserve_budget.
+-- check_charge(key_id, scope, what, cost): the common argument checks of charge_api_key
+-- and reserve_budget: 22004 NULL key or scope, 22023 a scope that is not one concrete
+-- area:action of [a-z0-9_.-] (at most 200 characters), then check_amount. Rust.
 CREATE FUNCTION api_key_mgmt_internal.check_charge(p_key_id uuid, p_scope text, p_what text, p_cost numeric)
-    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    IF p_key_id IS NULL THEN
-        RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF p_scope IS NULL THEN
-        RAISE EXCEPTION 'scope must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF pg_catalog.char_length(p_scope) > 200 OR p_scope !~ '^[a-z0-9_.-]+:[a-z0-9_.-]+$' THEN
-        RAISE EXCEPTION 'scope must be a concrete area:action' USING ERRCODE = '22023';
-    END IF;
-    PERFORM api_key_mgmt_internal.check_amount(p_what, p_cost, false);
-END
-$$;
+    RETURNS void IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_charge_wrapper';
 
 -- meter_decide(key meter, tenant meter, cost, now) -> (code, remaining..., retry_after,
 -- refused_by: 'key' or 'tenant'). Both meters already rolled to now.

@@ -256,6 +256,18 @@ pub fn thresholds_crossed(cap: Money, after: Money, already: u8) -> Option<u8> {
     (level > already).then_some(level)
 }
 
+/// Whether `scope` may be charged: one concrete `area:action` of `[a-z0-9_.-]` characters, at most
+/// 200 characters (the SQL's `^[a-z0-9_.-]+:[a-z0-9_.-]+$`).
+pub fn charge_scope_ok(scope: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+    };
+    scope.chars().count() <= 200
+        && matches!(scope.split_once(':'), Some((a, b)) if part(a) && part(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +437,32 @@ mod tests {
                 prop_assert!(meter.day.spent <= cap);
             }
         }
+    }
+
+    #[test]
+    fn charge_scopes_like_the_sql_pattern() {
+        for ok in [
+            "agents:chat",
+            "a:b",
+            "document.v2:ocr-fast",
+            "x_1:y.2",
+            "_a:-b",
+        ] {
+            assert!(charge_scope_ok(ok), "{ok}");
+        }
+        for bad in [
+            "agents:*",
+            "agents",
+            ":chat",
+            "agents:",
+            "a:b:c",
+            "Agents:chat",
+            "a b:c",
+            "",
+        ] {
+            assert!(!charge_scope_ok(bad), "{bad}");
+        }
+        assert!(charge_scope_ok(&format!("a:{}", "b".repeat(198))));
+        assert!(!charge_scope_ok(&format!("a:{}", "b".repeat(199))));
     }
 }

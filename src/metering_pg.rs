@@ -348,3 +348,61 @@ fn meter_row_valid(
         && credits_refill.is_none() == credits_refill_period.is_none()
         && (credits_refill.is_none() || credits.is_some())
 }
+
+fn reject(code: PgSqlErrorCode, message: String) -> ! {
+    pgrx::ereport!(ERROR, code, message);
+}
+
+/// `check_amount(what text, value numeric, nullable boolean) RETURNS void`
+///
+/// Money is `numeric`, 0 <= value < 10^15, at most 9 decimal places (trailing zeros
+/// aside). 22004 NULL (unless `nullable`), 22023 otherwise. Rust rather than plpgsql:
+/// every charge runs it.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn check_amount(what: Option<&str>, value: Option<AnyNumeric>, nullable: Option<bool>) {
+    let what = what.unwrap_or("amount");
+    match value {
+        None if nullable != Some(true) => reject(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what} must not be NULL"),
+        ),
+        Some(v) if !matches!(Money::parse(&v.to_string()), Some(m) if m >= Money::ZERO) => {
+            reject(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{what} must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places"),
+            )
+        }
+        _ => {}
+    }
+}
+
+/// `check_charge(key_id uuid, scope text, what text, cost numeric) RETURNS void`
+///
+/// The common argument checks of `charge_api_key` and `reserve_budget`.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn check_charge(
+    key_id: Option<Uuid>,
+    scope: Option<&str>,
+    what: Option<&str>,
+    cost: Option<AnyNumeric>,
+) {
+    if key_id.is_none() {
+        reject(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "key_id must not be NULL".into(),
+        );
+    }
+    let Some(scope) = scope else {
+        reject(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "scope must not be NULL".into(),
+        )
+    };
+    if !metering::charge_scope_ok(scope) {
+        reject(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "scope must be a concrete area:action".into(),
+        );
+    }
+    check_amount(what, cost, Some(false));
+}

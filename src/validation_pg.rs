@@ -297,3 +297,14 @@ fn key_facts(row: &Row) -> KeyFacts {
         grace_until: ts("grace_until"),
     }
 }
+
+/// `tenant_has_meter(tenant_id uuid) RETURNS boolean` — internal: whether the tenant has
+/// a meter row (its `metered` flag, set in the transaction that creates the row), read
+/// through the same per-backend tenant cache as validation. Lets a charge skip looking
+/// for a tenant meter that does not exist. Called with the tenant of an existing key
+/// meter (a foreign key); NULL: false.
+#[pg_extern(sql = false, stable, parallel_safe)]
+fn tenant_has_meter(tenant_id: Option<pgrx::Uuid>) -> bool {
+    let Some(t) = tenant_id else { return false };
+    tenant_facts(t.into_datum().expect("uuid datum")).metered
+}
