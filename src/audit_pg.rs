@@ -44,65 +44,35 @@ struct Header {
 
 static mut SHARED: *mut Header = std::ptr::null_mut();
 static mut LOCK: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
-static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
 fn capacity_setting() -> usize {
     crate::gucs::AUDIT_QUEUE_SIZE.get().max(0) as usize
 }
 
-fn size(capacity: usize) -> usize {
-    std::mem::size_of::<Header>() + capacity * std::mem::size_of::<Entry>()
+fn size() -> usize {
+    std::mem::size_of::<Header>() + capacity_setting() * std::mem::size_of::<Entry>()
 }
 
-/// Called from `_PG_init`: install the hooks when preloading with a non-zero size.
+/// Called from `_PG_init`: register the region when preloading with a non-zero size.
 pub fn init() {
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress || capacity_setting() == 0 {
-            return;
-        }
-        PREV_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(on_request);
-        PREV_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(on_startup);
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } || capacity_setting() == 0 {
+        return;
     }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_request() {
-    unsafe {
-        if let Some(prev) = PREV_REQUEST {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(size(capacity_setting()));
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_startup() {
-    unsafe {
-        if let Some(prev) = PREV_STARTUP {
-            prev();
-        }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let capacity = capacity_setting();
-        let mut found = false;
-        let p = pg_sys::ShmemInitStruct(
-            c"api_key_mgmt audit queue".as_ptr(),
-            size(capacity),
-            &mut found,
-        ) as *mut Header;
-        if !found {
-            std::ptr::write_bytes(p as *mut u8, 0, size(capacity));
-            (*p).capacity = capacity as u64;
-            (*p).magic = MAGIC;
-        }
-        LOCK = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        SHARED = p;
-        pg_sys::LWLockRelease(init_lock);
-    }
+    crate::shmem::register(crate::shmem::Region {
+        name: c"api_key_mgmt audit queue",
+        tranche: TRANCHE,
+        locks: 1,
+        size,
+        init: |p| unsafe {
+            let h = p as *mut Header;
+            (*h).capacity = capacity_setting() as u64;
+            (*h).magic = MAGIC;
+        },
+        attach: |p, locks| unsafe {
+            SHARED = p as *mut Header;
+            LOCK = locks;
+        },
+    });
 }
 
 fn active() -> bool {
@@ -117,19 +87,9 @@ unsafe fn slot(pos: u64) -> *mut Entry {
     }
 }
 
-struct Locked;
-
-impl Locked {
-    fn acquire() -> Locked {
-        unsafe { pg_sys::LWLockAcquire(&raw mut (*LOCK).lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
-        Locked
-    }
-}
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        unsafe { pg_sys::LWLockRelease(&raw mut (*LOCK).lock) };
-    }
+/// The queue's lock (exclusive), held until the guard drops.
+fn locked() -> crate::shmem::Guard {
+    unsafe { crate::shmem::Guard::acquire(&raw mut (*LOCK).lock, pg_sys::LWLockMode::LW_EXCLUSIVE) }
 }
 
 /// Queue a read's entry. `false`: not queued (no queue, no worker for this database,
@@ -139,7 +99,7 @@ pub fn enqueue(read: &audit::Read) -> bool {
         return false;
     }
     let queued = Entry::new(read).and_then(|entry| {
-        let _lock = Locked::acquire();
+        let _lock = locked();
         let h = unsafe { &mut *SHARED };
         if h.latch == 0
             || h.database != read.database
@@ -172,7 +132,7 @@ pub fn attach_worker() {
     if !active() {
         return;
     }
-    let _lock = Locked::acquire();
+    let _lock = locked();
     unsafe {
         (*SHARED).latch = pg_sys::MyLatch as usize;
         (*SHARED).database = pg_sys::MyDatabaseId.to_u32();
@@ -186,7 +146,7 @@ pub fn detach_worker() {
     if !active() {
         return;
     }
-    let _lock = Locked::acquire();
+    let _lock = locked();
     unsafe { (*SHARED).latch = 0 };
 }
 
@@ -201,7 +161,7 @@ pub fn peek_batch() -> Option<(u64, Vec<Entry>)> {
     if !active() {
         return None;
     }
-    let _lock = Locked::acquire();
+    let _lock = locked();
     let h = unsafe { &*SHARED };
     let n = (h.head - h.tail).min(BATCH as u64);
     (n > 0).then(|| {
@@ -215,7 +175,7 @@ pub fn peek_batch() -> Option<(u64, Vec<Entry>)> {
 /// Worker: the `n` entries from ring position `tail` are done — written (and committed),
 /// or dropped because the extension is not installed in the worker's database.
 pub fn advance(tail: u64, n: usize, written: bool) {
-    let _lock = Locked::acquire();
+    let _lock = locked();
     unsafe {
         debug_assert_eq!((*SHARED).tail, tail, "only the worker advances the tail");
         (*SHARED).tail = tail + n as u64;
@@ -286,7 +246,7 @@ fn audit_queue_status() -> TableIterator<
         return TableIterator::once(("synchronous".to_owned(), 0, 0, 0, 0));
     }
     let row = {
-        let _lock = Locked::acquire();
+        let _lock = locked();
         let h = unsafe { &*SHARED };
         let here = h.latch != 0 && h.database == unsafe { pg_sys::MyDatabaseId }.to_u32();
         (

@@ -161,6 +161,21 @@ unsafe fn copy_row(
     }
 }
 
+/// Open a table as a SELECT would (AccessShareLock, kept to the end of the
+/// transaction) and the snapshot to read it with: the statement's, else the
+/// transaction's.
+unsafe fn open_for_read(relid: pg_sys::Oid) -> (pg_sys::Relation, pg_sys::Snapshot) {
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        (rel, snapshot)
+    }
+}
+
 unsafe fn stamp_of(tuple: pg_sys::HeapTuple) -> Stamp {
     unsafe {
         let tid = (*tuple).t_self;
@@ -178,12 +193,7 @@ unsafe fn stamp_of(tuple: pg_sys::HeapTuple) -> Stamp {
 pub fn still_visible(table: &'static CStr, stamp: Stamp, id_column: &str, id: &[u8; 16]) -> bool {
     let relid = cached(table).oid;
     unsafe {
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let snapshot = if pg_sys::ActiveSnapshotSet() {
-            pg_sys::GetActiveSnapshot()
-        } else {
-            pg_sys::GetTransactionSnapshot()
-        };
+        let (rel, snapshot) = open_for_read(relid);
         let tupdesc = (*rel).rd_att;
         let names = column_names(table, tupdesc);
         let mut tuple = pg_sys::HeapTupleData::default();
@@ -270,12 +280,7 @@ pub fn lookup(table: &'static CStr, index: &'static CStr, keys: &[Key]) -> Optio
     let relid = cached(table).oid;
     let indexid = cached(index).oid;
     unsafe {
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let snapshot = if pg_sys::ActiveSnapshotSet() {
-            pg_sys::GetActiveSnapshot()
-        } else {
-            pg_sys::GetTransactionSnapshot()
-        };
+        let (rel, snapshot) = open_for_read(relid);
         let tupdesc = (*rel).rd_att;
         let names = column_names(table, tupdesc);
         let mut skeys = vec![pg_sys::ScanKeyData::default(); keys.len()];
@@ -333,12 +338,7 @@ pub fn scan_all(table: &'static CStr) -> Vec<Row> {
     let relid = cached(table).oid;
     let mut rows = Vec::new();
     unsafe {
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let snapshot = if pg_sys::ActiveSnapshotSet() {
-            pg_sys::GetActiveSnapshot()
-        } else {
-            pg_sys::GetTransactionSnapshot()
-        };
+        let (rel, snapshot) = open_for_read(relid);
         let tupdesc = (*rel).rd_att;
         let names = column_names(table, tupdesc);
         let scan = pg_sys::systable_beginscan(

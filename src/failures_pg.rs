@@ -27,56 +27,24 @@ struct Header {
 
 static mut SHARED: *mut Header = std::ptr::null_mut();
 static mut LOCK: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
-static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
 fn size() -> usize {
     std::mem::size_of::<Header>() + SLOTS * std::mem::size_of::<Slot>()
 }
 
-/// Called from `_PG_init`: install the hooks when preloading.
+/// Called from `_PG_init`: register the region (only while preloading).
 pub fn init() {
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        PREV_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(on_request);
-        PREV_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(on_startup);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_request() {
-    unsafe {
-        if let Some(prev) = PREV_REQUEST {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(size());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_startup() {
-    unsafe {
-        if let Some(prev) = PREV_STARTUP {
-            prev();
-        }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let p = pg_sys::ShmemInitStruct(c"api_key_mgmt failures".as_ptr(), size(), &mut found)
-            as *mut Header;
-        if !found {
-            std::ptr::write_bytes(p as *mut u8, 0, size());
-            (*p).magic = MAGIC;
-        }
-        LOCK = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        SHARED = p;
-        pg_sys::LWLockRelease(init_lock);
-    }
+    crate::shmem::register(crate::shmem::Region {
+        name: c"api_key_mgmt failures",
+        tranche: TRANCHE,
+        locks: 1,
+        size,
+        init: |p| unsafe { (*(p as *mut Header)).magic = MAGIC },
+        attach: |p, locks| unsafe {
+            SHARED = p as *mut Header;
+            LOCK = locks;
+        },
+    });
 }
 
 fn active() -> bool {
@@ -90,19 +58,9 @@ unsafe fn slots() -> &'static mut [Slot] {
     }
 }
 
-struct Locked;
-
-impl Locked {
-    fn acquire(mode: pg_sys::LWLockMode::Type) -> Locked {
-        unsafe { pg_sys::LWLockAcquire(&raw mut (*LOCK).lock, mode) };
-        Locked
-    }
-}
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        unsafe { pg_sys::LWLockRelease(&raw mut (*LOCK).lock) };
-    }
+/// The region's lock, held until the guard drops.
+fn locked(mode: pg_sys::LWLockMode::Type) -> crate::shmem::Guard {
+    unsafe { crate::shmem::Guard::acquire(&raw mut (*LOCK).lock, mode) }
 }
 
 /// Count a refusal of a string that is not a known key (no-op without preload).
@@ -118,7 +76,7 @@ pub fn count_key(key: [u8; 16], tenant: [u8; 16], code: &str, now: i64) {
         return;
     }
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let _lock = locked(pg_sys::LWLockMode::LW_EXCLUSIVE);
     if failures::record(
         unsafe { slots() },
         db,
@@ -173,7 +131,7 @@ fn validation_failures() -> TableIterator<
     let visible = crate::tenancy_pg::visible_tenant_for_admin_views();
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let rows: Vec<Slot> = {
-        let _lock = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
+        let _lock = locked(pg_sys::LWLockMode::LW_SHARED);
         unsafe { slots() }
             .iter()
             .filter(|s| s.used != 0 && s.db == db)
@@ -223,7 +181,7 @@ fn validation_failure_totals() -> TableIterator<'static, (name!(code, String), n
 #[pg_extern(sql = false)]
 fn reset_validation_failures() {
     require_active();
-    let _lock = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let _lock = locked(pg_sys::LWLockMode::LW_EXCLUSIVE);
     unsafe {
         let db = pg_sys::MyDatabaseId.to_u32();
         for s in slots().iter_mut().filter(|s| s.db == db) {

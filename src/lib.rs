@@ -30,6 +30,7 @@ pub mod ratelimit_pg;
 pub mod result_row;
 pub mod scopes;
 pub mod secrets_pg;
+pub mod shmem;
 pub mod tenancy;
 pub mod tenancy_pg;
 pub mod validation;

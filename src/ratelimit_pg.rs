@@ -2,9 +2,8 @@
 //! [`crate::ratelimit`] slot table.
 //!
 //! Active only when the library is in `shared_preload_libraries`: `_PG_init` then
-//! installs a `shmem_request_hook` that asks for `api_key_mgmt.rate_limit_slots` slots
-//! (32 bytes each) and [`PARTS`] LWLocks (named tranche `api_key_mgmt_ratelimit`), and a
-//! `shmem_startup_hook` that creates or attaches the table with `ShmemInitStruct`.
+//! registers a [`crate::shmem::Region`] of `api_key_mgmt.rate_limit_slots` slots (32
+//! bytes each) with [`PARTS`] LWLocks (named tranche `api_key_mgmt_ratelimit`).
 //!
 //! Layout: a [`Header`] followed by `parts × slots_per_part` [`Slot`]s. A limit's uuid
 //! picks its partition (and lock) by hash; inside the partition it lives in a probe
@@ -30,8 +29,6 @@ struct Header {
 
 static mut SHARED: *mut Header = std::ptr::null_mut();
 static mut LOCKS: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
-static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
 fn slots_per_part() -> usize {
     let total = crate::gucs::RATE_LIMIT_SLOTS.get().max(1024) as usize;
@@ -42,52 +39,24 @@ fn shmem_size() -> usize {
     std::mem::size_of::<Header>() + PARTS * slots_per_part() * std::mem::size_of::<Slot>()
 }
 
-/// Called from `_PG_init`: install the hooks when preloading, otherwise nothing (the
+/// Called from `_PG_init`: register the region when preloading, otherwise nothing (the
 /// table-based fallback is used).
 pub fn init() {
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        PREV_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(on_request);
-        PREV_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(on_startup);
-    }
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_request() {
-    unsafe {
-        if let Some(prev) = PREV_REQUEST {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(shmem_size());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTS as i32);
-    }
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_startup() {
-    unsafe {
-        if let Some(prev) = PREV_STARTUP {
-            prev();
-        }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let size = shmem_size();
-        let p = pg_sys::ShmemInitStruct(c"api_key_mgmt rate limiter".as_ptr(), size, &mut found)
-            as *mut Header;
-        if !found {
-            std::ptr::write_bytes(p as *mut u8, 0, size);
-            (*p).slots_per_part = slots_per_part() as u64;
-            (*p).magic = MAGIC;
-        }
-        LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        SHARED = p;
-        pg_sys::LWLockRelease(init_lock);
-    }
+    crate::shmem::register(crate::shmem::Region {
+        name: c"api_key_mgmt rate limiter",
+        tranche: TRANCHE,
+        locks: PARTS as i32,
+        size: shmem_size,
+        init: |p| unsafe {
+            let h = p as *mut Header;
+            (*h).slots_per_part = slots_per_part() as u64;
+            (*h).magic = MAGIC;
+        },
+        attach: |p, locks| unsafe {
+            SHARED = p as *mut Header;
+            LOCKS = locks;
+        },
+    });
 }
 
 /// Whether limiter state lives in shared memory in this server.
