@@ -43,6 +43,11 @@ CREATE FUNCTION api_key_mgmt_internal.rate_limit_capacity() RETURNS bigint
 CREATE FUNCTION api_key_mgmt_internal.meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid,
     daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text)
     RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'meter_row_valid_wrapper';
+-- check_usage(units, provider, model, metadata, key_source): what a usage row records,
+-- checked alike by charge_api_key and settle_reservation (22004 NULL units, 22023).
+CREATE FUNCTION api_key_mgmt_internal.check_usage(units bigint, provider text, model text,
+                                                  metadata jsonb, key_source text)
+    RETURNS void IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_usage_wrapper';
 -- tenant_has_meter(tenant_id) -> boolean: whether the tenant has a meter row.
 CREATE FUNCTION api_key_mgmt_internal.tenant_has_meter(tenant_id uuid) RETURNS boolean
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'tenant_has_meter_wrapper';
@@ -727,24 +732,10 @@ DECLARE
     g record;
 BEGIN
     PERFORM api_key_mgmt_internal.check_charge(charge_api_key.key_id, charge_api_key.scope, 'cost', charge_api_key.cost);
-    IF charge_api_key.units IS NULL OR charge_api_key.units < 0 THEN
-        RAISE EXCEPTION 'units must be a non-negative number' USING ERRCODE = CASE WHEN charge_api_key.units IS NULL THEN '22004' ELSE '22023' END;
-    END IF;
-    IF charge_api_key.provider IS NOT NULL AND NOT api_key_mgmt_internal.providers_valid(ARRAY[charge_api_key.provider]) THEN
-        RAISE EXCEPTION 'provider "%" is not a provider id', charge_api_key.provider USING ERRCODE = '22023';
-    END IF;
-    IF charge_api_key.model IS NOT NULL AND (pg_catalog.char_length(charge_api_key.model) > 200
-        OR charge_api_key.model !~ '^[!-~]+$') THEN
-        RAISE EXCEPTION 'model must be 1 to 200 visible ASCII characters' USING ERRCODE = '22023';
-    END IF;
+    PERFORM api_key_mgmt_internal.check_usage(charge_api_key.units, charge_api_key.provider, charge_api_key.model,
+                                              charge_api_key.metadata, charge_api_key.key_source);
     IF charge_api_key.idempotency_key IS NOT NULL THEN
         PERFORM api_key_mgmt_internal.check_text('idempotency_key', charge_api_key.idempotency_key, 200);
-    END IF;
-    IF charge_api_key.metadata IS NOT NULL THEN
-        PERFORM api_key_mgmt_internal.check_object('metadata', charge_api_key.metadata);
-    END IF;
-    IF charge_api_key.key_source IS NOT NULL AND charge_api_key.key_source NOT IN ('byok', 'platform') THEN
-        RAISE EXCEPTION 'key_source must be byok or platform' USING ERRCODE = '22023';
     END IF;
     IF charge_api_key.rate_cost IS NULL THEN
         RAISE EXCEPTION 'rate_cost must not be NULL' USING ERRCODE = '22004';
@@ -1001,18 +992,8 @@ CREATE FUNCTION api_key_mgmt.settle_reservation(
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM api_key_mgmt_internal.check_amount('actual_cost', settle_reservation.actual_cost, false);
-    IF settle_reservation.units IS NULL OR settle_reservation.units < 0 THEN
-        RAISE EXCEPTION 'units must be a non-negative number' USING ERRCODE = CASE WHEN settle_reservation.units IS NULL THEN '22004' ELSE '22023' END;
-    END IF;
-    IF settle_reservation.provider IS NOT NULL AND NOT api_key_mgmt_internal.providers_valid(ARRAY[settle_reservation.provider]) THEN
-        RAISE EXCEPTION 'provider "%" is not a provider id', settle_reservation.provider USING ERRCODE = '22023';
-    END IF;
-    IF settle_reservation.metadata IS NOT NULL THEN
-        PERFORM api_key_mgmt_internal.check_object('metadata', settle_reservation.metadata);
-    END IF;
-    IF settle_reservation.key_source IS NOT NULL AND settle_reservation.key_source NOT IN ('byok', 'platform') THEN
-        RAISE EXCEPTION 'key_source must be byok or platform' USING ERRCODE = '22023';
-    END IF;
+    PERFORM api_key_mgmt_internal.check_usage(settle_reservation.units, settle_reservation.provider,
+        settle_reservation.model, settle_reservation.metadata, settle_reservation.key_source);
     RETURN api_key_mgmt_internal.finish_reservation(settle_reservation.reservation, settle_reservation.actual_cost,
         settle_reservation.units, settle_reservation.provider, settle_reservation.model,
         settle_reservation.metadata, settle_reservation.key_source, 'settle');

@@ -406,3 +406,40 @@ fn check_charge(
     }
     check_amount(what, cost, Some(false));
 }
+
+/// `check_usage(units bigint, provider text, model text, metadata jsonb, key_source text) RETURNS void`
+///
+/// What a usage row records, checked the same way by `charge_api_key` and
+/// `settle_reservation`: units not negative (22004 NULL, 22023), a provider id, a model
+/// of 1 to 200 visible ASCII characters, a JSON object as metadata, `byok` or `platform`
+/// as key source (22023; NULL allowed except for units).
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn check_usage(
+    units: Option<i64>,
+    provider: Option<&str>,
+    model: Option<&str>,
+    metadata: Option<pgrx::JsonB>,
+    key_source: Option<&str>,
+) {
+    let bad = |m: String| reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m);
+    match units {
+        None => reject(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "units must be a non-negative number".into(),
+        ),
+        Some(u) if u < 0 => bad("units must be a non-negative number".into()),
+        _ => {}
+    }
+    if let Some(p) = provider.filter(|p| !crate::scopes::valid_provider(p)) {
+        bad(format!("provider \"{p}\" is not a provider id"));
+    }
+    if model.is_some_and(|m| !metering::model_ok(m)) {
+        bad("model must be 1 to 200 visible ASCII characters".into());
+    }
+    if metadata.is_some_and(|j| !j.0.is_object()) {
+        bad("metadata must be a JSON object".into());
+    }
+    if key_source.is_some_and(|k| k != "byok" && k != "platform") {
+        bad("key_source must be byok or platform".into());
+    }
+}

@@ -132,6 +132,10 @@ SELECT allowed, code, remaining_daily, event_id IS NOT NULL AS logged
 SELECT cost, units, reservation_id = :'r1' AS from_reservation FROM api_key_mgmt.usage_events WHERE reservation_id = :'r1';
 SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, 1)', :'r1'));
 SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, -1)', :'r1'));
+-- A settlement records the same usage fields as a charge, checked alike.
+SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, 1, model => %L)', :'r1', 'gpt 4o'));
+SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, 1, units => NULL)', :'r1'));
+SELECT regress.try(format('SELECT api_key_mgmt.settle_reservation(%L, 1, key_source => %L)', :'r1', 'own'));
 SELECT regress.try(format('SELECT api_key_mgmt.reserve_budget(%L, %L, 1, %L)', :'k', 'agents:chat', '2 days'));
 SELECT reservation_id AS r2 FROM api_key_mgmt.reserve_budget(:'k', 'agents:chat', 2) \gset
 SELECT api_key_mgmt.release_reservation(:'r2') AS released, api_key_mgmt.release_reservation(:'r2') AS again;
