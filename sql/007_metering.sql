@@ -816,7 +816,7 @@ $$;
 -- charge_api_key in one call, for callers that hold the plaintext key. A key that does
 -- not validate is refused with its validation code (not_found, revoked, scope_denied,
 -- daily_cap_exceeded, ...) and nothing is charged; by default the call also takes one
--- rate-limit token (rate_cost).
+-- rate-limit token (rate_cost; with 0 the limits are not consulted).
 CREATE FUNCTION api_key_mgmt.validate_and_charge(
     api_key text,
     scope text,
@@ -839,7 +839,9 @@ BEGIN
     END IF;
     v := api_key_mgmt.validate_api_key(validate_and_charge.api_key, validate_and_charge.scope,
                                        validate_and_charge.provider, validate_and_charge.model, 0);
-    IF NOT v.valid THEN
+    -- Rate limits are the charge's to decide (rate_cost tokens, possibly none): a check
+    -- of the validation saying no token is left does not refuse here.
+    IF NOT v.valid AND v.code <> 'rate_limited' THEN
         r.allowed := false;
         r.code := v.code;
         r.remaining_daily := v.remaining_daily;

@@ -201,6 +201,15 @@ SELECT count(*) AS kept FROM api_key_mgmt.usage_idempotency WHERE key_id = :'k2'
 SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1);
 SELECT count(*) - :events_before AS charged FROM api_key_mgmt.usage_events WHERE key_id = :'k2';
 SET api_key_mgmt.clock_override = '2030-02-03 00:20:30+00';
+-- One token is back: a charge without rate_cost, and one the cap refuses, take none of it.
+SELECT rate_limit_remaining AS one_back FROM api_key_mgmt.validate_api_key(:'key2', cost => 0);
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1);
+SELECT day_spent + 1 AS cap FROM api_key_mgmt.meters WHERE key_id = :'k2' \gset
+SELECT api_key_mgmt.set_key_caps(:'k2', daily_cap => :cap);
+SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 2, rate_cost => 1);
+SELECT api_key_mgmt.set_key_caps(:'k2');
+SELECT allowed, remaining AS still_one FROM api_key_mgmt.consume_rate_limit(:'k2', 1);
+SET api_key_mgmt.clock_override = '2030-02-03 00:21:00+00';
 SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, idempotency_key => 'rl-1', rate_cost => 1);
 SELECT allowed, code FROM api_key_mgmt.charge_api_key(:'k2', 'agents:chat', 1, idempotency_key => 'rl-1', rate_cost => 1);
 SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, rate_cost => -1)', :'k2', 'agents:chat'));
@@ -211,11 +220,15 @@ SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1, rate_co
 -- nothing is charged.
 SELECT count(*) AS events_before FROM api_key_mgmt.usage_events \gset
 SELECT allowed, code, retry_after FROM api_key_mgmt.validate_and_charge(:'key2', 'agents:chat', 1);
-SELECT allowed, code, event_id IS NOT NULL AS logged
-  FROM api_key_mgmt.validate_and_charge(:'key', 'agents:chat', 0.5, 3, 'openai', 'gpt-4o');
+-- With rate_cost => 0 the same key (no token left) is charged: the limits are not consulted.
+SELECT allowed, code FROM api_key_mgmt.validate_and_charge(:'key2', 'agents:chat', 1, rate_cost => 0);
+SELECT allowed, code, event_id AS vac_event
+  FROM api_key_mgmt.validate_and_charge(:'key', 'agents:chat', 0.5, 3, 'openai', 'gpt-4o') \gset
+SELECT :'allowed' AS allowed, :'code' AS code;
+SELECT key_id = :'k' AS the_key, scope, units, cost, provider, model
+  FROM api_key_mgmt.usage_events WHERE id = :'vac_event';
 SELECT allowed, code FROM api_key_mgmt.validate_and_charge('sk_live_nope', 'agents:chat', 0.5);
 SELECT allowed, code FROM api_key_mgmt.validate_and_charge(:'key', 'voice:synthesis', 0.5);
-SELECT allowed, code FROM api_key_mgmt.validate_and_charge(:'key', 'agents:chat', 0.5, provider => 'openai', model => 'gpt-4o', rate_cost => 0);
 SELECT count(*) - :events_before AS charged FROM api_key_mgmt.usage_events;
 SELECT regress.try(format('SELECT api_key_mgmt.validate_and_charge(%L, NULL, 1)', :'key'));
 SELECT regress.try(format('SELECT api_key_mgmt.validate_and_charge(%L, %L, -1)', :'key', 'agents:chat'));
