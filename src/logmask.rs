@@ -84,6 +84,61 @@ pub fn contains_key(text: &[u8]) -> bool {
     find_key(text, 0).is_some()
 }
 
+/// Whether `text` holds a key that masking leaves alone: something shaped like a native
+/// key whose checksum does not match (a mistyped key is still nearly all of a real one),
+/// or a token starting with one of `import_prefixes` followed by at least
+/// [`IMPORTED_MIN`] key characters (imported keys carry no checksum to recognise them
+/// by). The log hook keeps a statement holding one out of the log altogether.
+pub fn holds_unmasked_key(text: &[u8], import_prefixes: &[&str]) -> bool {
+    native_shaped(text)
+        || import_prefixes
+            .iter()
+            .any(|p| !p.is_empty() && imported(text, p.as_bytes()))
+}
+
+/// Characters after an import prefix that make a token an imported key for the log hook.
+pub const IMPORTED_MIN: usize = 16;
+
+fn native_shaped(text: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(off) = text
+        .get(i..)
+        .and_then(|t| t.iter().position(|&c| c == b'_'))
+    {
+        let p = i + off;
+        i = p + 1;
+        let Some(env) = text.get(p..p + ENV_LEN) else {
+            return false;
+        };
+        if env != b"_live_" && env != b"_test_" {
+            continue;
+        }
+        let Some(secret) = text.get(p + ENV_LEN..p + ENV_LEN + SECRET_LEN) else {
+            return false;
+        };
+        let mut run = 0;
+        while run < TYPE_MAX && p > run && is_prefix_char(text[p - run - 1]) {
+            run += 1;
+        }
+        if run >= TYPE_MIN && secret.iter().all(|&c| is_base62(c)) {
+            return true;
+        }
+    }
+    false
+}
+
+fn imported(text: &[u8], prefix: &[u8]) -> bool {
+    let key_char = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-';
+    text.windows(prefix.len()).enumerate().any(|(at, w)| {
+        w == prefix
+            && text[at + prefix.len()..]
+                .iter()
+                .take_while(|c| key_char(c))
+                .count()
+                >= IMPORTED_MIN
+    })
+}
+
 /// Mask every valid native key in `buf`, in place: the masked text is `buf[..n]` for the
 /// returned `n` (never longer than `buf`). `None` when there is nothing to mask (and
 /// `buf` is untouched). Never allocates.
@@ -331,5 +386,31 @@ mod tests {
         assert!(mask_keys(&text)
             .unwrap()
             .ends_with("sk_live_****************"));
+    }
+
+    #[test]
+    fn unmasked_keys_are_recognised() {
+        let key = generate("sk", Environment::Live);
+        let (head, last) = key.split_at(key.len() - 1);
+        let mistyped = format!("{head}{}", if last == "A" { "B" } else { "A" });
+        let imported = "legacy_9f8e7d6c5b4a39281706";
+        let masked = format!("SELECT 'sk_live_{MASK}'");
+        let none: [&str; 0] = [];
+        assert!(holds_unmasked_key(
+            format!("SELECT '{mistyped}'").as_bytes(),
+            &none
+        ));
+        assert!(!holds_unmasked_key(masked.as_bytes(), &none));
+        assert!(!holds_unmasked_key(b"SELECT 'sk_live_short'", &none));
+        assert!(holds_unmasked_key(
+            format!("SELECT '{imported}'").as_bytes(),
+            &["legacy_"]
+        ));
+        assert!(!holds_unmasked_key(
+            format!("SELECT '{imported}'").as_bytes(),
+            &none
+        ));
+        assert!(!holds_unmasked_key(b"SELECT 'legacy_short'", &["legacy_"]));
+        assert!(!holds_unmasked_key(b"no keys here", &["legacy_", ""]));
     }
 }

@@ -103,6 +103,17 @@ pub unsafe fn mask_error_data(edata: *mut pg_sys::ErrorData) {
     if !e.hide_stmt && statement_may_be_logged(e.elevel) {
         // SAFETY: the caller's contract.
         unsafe { mask_debug_query_string(e) };
+        // What masking cannot cover (a mistyped or imported key) keeps the statement out.
+        let query = unsafe { pg_sys::debug_query_string };
+        if !query.is_null() {
+            let prefixes = crate::gucs::import_prefixes();
+            let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+            // SAFETY: NUL-terminated (the caller's contract, or our masked copy).
+            let bytes = unsafe { CStr::from_ptr(query) }.to_bytes();
+            if logmask::holds_unmasked_key(bytes, &prefixes) {
+                e.hide_stmt = true;
+            }
+        }
     }
 }
 
@@ -235,8 +246,16 @@ mod tests {
 
             let saved = pg_sys::debug_query_string;
             let statement = CString::new(format!("SELECT 1/0, '{key}', '{bad}'")).unwrap();
+            // Only valid keys: masked and logged.
+            let valid_only = CString::new(format!("SELECT '{key}'")).unwrap();
+            pg_sys::debug_query_string = valid_only.as_ptr();
+            mask_error_data(e);
+            let hide_after_valid = (*e).hide_stmt;
+            // A mistyped key is left in the text, so the statement is hidden.
             pg_sys::debug_query_string = statement.as_ptr();
             mask_error_data(e);
+            let hide_after_bad = (*e).hide_stmt;
+            (*e).hide_stmt = false;
             let logged = pg_sys::debug_query_string;
             let logged_text = text(logged);
             // Again: already masked, nothing changes.
@@ -277,6 +296,14 @@ mod tests {
             );
             assert_eq!(plain_after, plain.as_ptr());
             assert_eq!(hidden_after, statement.as_ptr());
+            assert!(
+                hide_after_bad,
+                "a statement with a mistyped key is kept out of the log"
+            );
+            assert!(
+                !hide_after_valid,
+                "a statement with only valid keys is logged masked"
+            );
         }
     }
 
