@@ -149,19 +149,39 @@ fn audit_secret_reads_through_the_queue() {
     other
         .batch_execute("CREATE EXTENSION api_key_mgmt")
         .unwrap();
+    set_database_key_file(&mut other, "it_audit_other", &file.path);
+    let mut other = cluster.connect("it_audit_other");
     assert_eq!(status(&mut other).0, "synchronous");
+    let there = create_tenant(&mut other, "elsewhere");
+    let there_id = put_secret(&mut other, Some(&there), "openai", &openai_secret(), None);
+    let synchronous = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT synchronous FROM api_key_mgmt.audit_queue_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = synchronous(&mut other);
+    try_get_secret(&mut other, Some(&there), "openai", None).unwrap();
+    // Written by the read's own transaction: there at once, and counted as such.
+    assert_eq!(audited(&mut other, &there_id), 1);
+    assert_eq!(synchronous(&mut other), before + 1);
 }
 
-/// Entries still queued when the server is stopped cleanly are written first: with the
-/// worker's INSERT held up by a lock, three reads wait in the queue; a fast shutdown
-/// ends the lock holder, and after a restart all three entries are in the log.
+/// Entries still queued when the server is stopped cleanly are written first. The
+/// worker is held inside its agent maintenance (a lock on access_requests), not inside
+/// an audit write, so nothing but its shutdown drain can write the three queued
+/// entries: a fast shutdown ends the lock holder, the maintenance finishes, the worker
+/// sees SIGTERM, detaches and writes the queue; after a restart all three are there.
 #[test]
 fn audit_queue_written_before_a_clean_shutdown() {
     let mut cluster = Cluster::init("auditq_stop");
     let conf = cluster.data().join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(
-        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n"
+        "\napi_key_mgmt.audit_queue_size = {QUEUE}\napi_key_mgmt.agent_maintenance_interval = 1\n\
+         max_connections = 40\nshared_buffers = 16MB\n"
     ));
     std::fs::write(&conf, text).unwrap();
     cluster.start();
@@ -183,13 +203,29 @@ fn audit_queue_written_before_a_clean_shutdown() {
 
     let mut holder = cluster.connect("postgres");
     holder
-        .batch_execute("BEGIN; LOCK TABLE api_key_mgmt.audit_log IN EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE api_key_mgmt.access_requests IN EXCLUSIVE MODE")
         .unwrap();
+    wait_until(
+        "the worker waits in its maintenance",
+        Duration::from_secs(30),
+        || {
+            su.query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE backend_type <> 'client backend' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        },
+    );
     let mut reader = cluster.connect("postgres");
     for _ in 0..3 {
         try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap();
     }
-    assert_eq!(status(&mut su).1, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&mut su).1, 3, "queued while the worker is busy");
+    assert_eq!(audited(&mut su, &secret_id), 0);
     // Stop with the lock still held: its session ends with the shutdown.
     let out = crate::common::pg_command("pg_ctl")
         .arg("-D")

@@ -352,6 +352,11 @@ fn metering_rate_limit_shared_memory() {
 fn metering_validate_and_charge_rate_limited_under_concurrency() {
     let db = TestDb::new("it_meter_vac");
     let mut main = db.connect();
+    let mode: String = main
+        .query_one("SELECT api_key_mgmt.rate_limit_mode()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "shared_memory");
     let tenant = create_tenant(&mut main, "charged and limited");
     let key = issue_key(&mut main, &tenant);
     main.execute(
