@@ -191,7 +191,9 @@ BEGIN
     END IF;
     SELECT * INTO v FROM api_key_mgmt.providers p WHERE p.id = p_provider;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'provider "%" is not registered', p_provider USING ERRCODE = '42704',
+        -- Not echoed: provider and secret swapped by a caller must not put the secret
+        -- into the error and the server log.
+        RAISE EXCEPTION 'the provider is not registered' USING ERRCODE = '42704',
             HINT = 'See api_key_mgmt.providers; administrators add providers with register_provider().';
     END IF;
     IF p_secret IS NULL THEN

@@ -36,8 +36,6 @@ CREATE FUNCTION api_key_mgmt_internal.audit_retention_active() RETURNS boolean
 CREATE FUNCTION api_key_mgmt_internal.route_scope(method text, path text)
     RETURNS TABLE (found boolean, scope text)
     STABLE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'route_scope_wrapper';
-CREATE FUNCTION api_key_mgmt_internal.glob_match(pattern text, path text) RETURNS boolean
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'glob_match_wrapper';
 CREATE FUNCTION api_key_mgmt_internal.request_api_key(headers jsonb, header text) RETURNS text
     IMMUTABLE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'request_api_key_wrapper';
 
@@ -136,8 +134,8 @@ CREATE FUNCTION api_key_mgmt.add_tenant_member(tenant_id uuid, user_id text, rol
 DECLARE
     v_old text;
 BEGIN
-    PERFORM api_key_mgmt_internal.tenant_row(add_tenant_member.tenant_id, false);
     PERFORM api_key_mgmt_internal.authorize(add_tenant_member.tenant_id, 'owner');
+    PERFORM api_key_mgmt_internal.tenant_row(add_tenant_member.tenant_id, false);
     PERFORM api_key_mgmt_internal.check_text('user_id', add_tenant_member.user_id, 200);
     IF add_tenant_member.role IS NULL OR add_tenant_member.role NOT IN ('owner', 'admin', 'member', 'viewer') THEN
         RAISE EXCEPTION 'role must be owner, admin, member or viewer' USING ERRCODE = '22023';

@@ -265,8 +265,8 @@ CREATE FUNCTION api_key_mgmt.create_project(tenant_id uuid, name text, descripti
 DECLARE
     v_id uuid;
 BEGIN
-    PERFORM api_key_mgmt_internal.tenant_row(create_project.tenant_id, false);
     PERFORM api_key_mgmt_internal.authorize(create_project.tenant_id, 'admin');
+    PERFORM api_key_mgmt_internal.tenant_row(create_project.tenant_id, false);
     PERFORM api_key_mgmt_internal.check_text('name', create_project.name, 63);
     IF create_project.name !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'project name must be lower-case letters, digits, _ . -' USING ERRCODE = '22023';
@@ -332,8 +332,8 @@ DECLARE
     v_id uuid;
     v_project uuid;
 BEGIN
-    PERFORM api_key_mgmt_internal.tenant_row(register_agent_tool.tenant_id, false);
     PERFORM api_key_mgmt_internal.authorize(register_agent_tool.tenant_id, 'admin');
+    PERFORM api_key_mgmt_internal.tenant_row(register_agent_tool.tenant_id, false);
     PERFORM api_key_mgmt_internal.check_text('tool_key', register_agent_tool.tool_key, 100);
     IF register_agent_tool.tool_key !~ '^[a-z0-9][a-z0-9_.:-]{0,99}$' THEN
         RAISE EXCEPTION 'tool_key must be lower-case letters, digits, _ . : -' USING ERRCODE = '22023';
@@ -417,11 +417,11 @@ BEGIN
         PERFORM api_key_mgmt_internal.check_text('name', v.name, 200);
     END IF;
     IF update_agent_tool.changes ? 'secrets' THEN
-        v.secrets := ARRAY(SELECT pg_catalog.jsonb_array_elements_text(update_agent_tool.changes -> 'secrets'));
+        v.secrets := api_key_mgmt_internal.text_array('secrets', update_agent_tool.changes -> 'secrets');
         PERFORM api_key_mgmt_internal.check_names('secrets', v.secrets, 64);
     END IF;
     IF update_agent_tool.changes ? 'environments' THEN
-        v.environments := ARRAY(SELECT pg_catalog.jsonb_array_elements_text(update_agent_tool.changes -> 'environments'));
+        v.environments := api_key_mgmt_internal.text_array('environments', update_agent_tool.changes -> 'environments');
         PERFORM api_key_mgmt_internal.check_environments('environments', v.environments);
     END IF;
     IF update_agent_tool.changes ? 'risk_level' THEN
@@ -510,8 +510,8 @@ DECLARE
     v_decision text;
     v_session uuid;
 BEGIN
-    v_tenant := api_key_mgmt_internal.tenant_row(request_secret_access.tenant_id, true);
     PERFORM api_key_mgmt_internal.authorize(request_secret_access.tenant_id, 'member');
+    v_tenant := api_key_mgmt_internal.tenant_row(request_secret_access.tenant_id, true);
     v_tool := api_key_mgmt_internal.tool_row(request_secret_access.tenant_id, request_secret_access.tool_key);
     IF NOT v_tool.enabled THEN
         RAISE EXCEPTION 'agent tool "%" is disabled', v_tool.tool_key USING ERRCODE = '55000';

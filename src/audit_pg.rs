@@ -92,6 +92,24 @@ fn locked() -> crate::shmem::Guard {
     unsafe { crate::shmem::Guard::acquire(&raw mut (*LOCK).lock, pg_sys::LWLockMode::LW_EXCLUSIVE) }
 }
 
+/// Whether the queue takes entries for `database` now: a cheap check before building
+/// one ([`enqueue`] decides again under the lock). A refusal is counted as a read
+/// audited synchronously.
+pub fn accepts(database: u32) -> bool {
+    if !active() {
+        return false;
+    }
+    let takes = {
+        let _lock = locked();
+        let h = unsafe { &*SHARED };
+        h.latch != 0 && h.database == database && audit::has_room(h.head, h.tail, h.capacity)
+    };
+    if !takes {
+        unsafe { (*SHARED).synchronous.fetch_add(1, Ordering::Relaxed) };
+    }
+    takes
+}
+
 /// Queue a read's entry. `false`: not queued (no queue, no worker for this database,
 /// queue full, or a value too long): the caller audits synchronously.
 pub fn enqueue(read: &audit::Read) -> bool {

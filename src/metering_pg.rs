@@ -430,10 +430,11 @@ fn check_usage(
         Some(u) if u < 0 => bad("units must be a non-negative number".into()),
         _ => {}
     }
-    if let Some(p) = provider.filter(|p| !crate::scopes::valid_provider(p)) {
-        bad(format!("provider \"{p}\" is not a provider id"));
+    // Not echoed: a value that is not a provider id may be anything, a secret included.
+    if provider.is_some_and(|p| !crate::scopes::valid_provider(p)) {
+        bad("provider must be a provider id (lowercase letters, digits, _ . -)".into());
     }
-    if model.is_some_and(|m| !metering::model_ok(m)) {
+    if model.is_some_and(|m| !crate::scopes::valid_model(m)) {
         bad("model must be 1 to 200 visible ASCII characters".into());
     }
     if metadata.is_some_and(|j| !j.0.is_object()) {

@@ -66,10 +66,15 @@ pub fn valid_provider(p: &str) -> bool {
     valid_part(p)
 }
 
-/// A model allowlist entry: 1–200 visible ASCII characters; a trailing `*` makes it a
-/// prefix match (`gpt-4o*`), a lone `*` matches any model.
-pub fn valid_model_pattern(m: &str) -> bool {
+/// A model name: 1–200 visible ASCII characters.
+pub fn valid_model(m: &str) -> bool {
     (1..=200).contains(&m.len()) && m.bytes().all(|c| c.is_ascii_graphic())
+}
+
+/// A model allowlist entry: a model name, where a trailing `*` makes it a prefix match
+/// (`gpt-4o*`) and a lone `*` matches any model.
+pub fn valid_model_pattern(m: &str) -> bool {
+    valid_model(m)
 }
 
 /// Whether model allowlist `patterns` admits `model` (exact, or prefix for `x*`).
@@ -165,5 +170,12 @@ mod tests {
             prop_assert!(covers(&own, &s));
             prop_assert_eq!(covers(&foreign, &s), other == area);
         }
+    }
+
+    #[test]
+    fn model_names_are_visible_ascii() {
+        assert!(valid_model("gpt-4o") && valid_model("!") && valid_model(&"m".repeat(200)));
+        assert!(!valid_model("") && !valid_model("gpt 4o") && !valid_model("modèle"));
+        assert!(!valid_model(&"m".repeat(201)));
     }
 }

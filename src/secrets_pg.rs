@@ -434,9 +434,12 @@ fn resolve(
 /// `api_key_mgmt_internal.audit()` records: the user id (JWT `sub`, else the setting)
 /// or the role, the role, and the client's address and user agent from PostgREST's
 /// `request.headers`.
-fn queue_read(row: &Row, provider: &str, source: Source, scope: &str) -> bool {
-    let id: Uuid = row.get("id").expect("id is NOT NULL");
-    let tenant: Option<Uuid> = row.get("tenant_id");
+fn queue_read(id: Uuid, tenant: Option<Uuid>, provider: &str, source: Source, scope: &str) -> bool {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    // The headers and claims are parsed only when the queue would take the entry.
+    if !crate::audit_pg::accepts(database) {
+        return false;
+    }
     let role = crate::tenancy_pg::invoker_name();
     let actor = crate::tenancy_pg::current_user_id();
     let headers = crate::tenancy_pg::setting(c"request.headers")
@@ -445,7 +448,7 @@ fn queue_read(row: &Row, provider: &str, source: Source, scope: &str) -> bool {
     let client_ip = headers.as_ref().and_then(audit::client_ip);
     let user_agent = headers.as_ref().and_then(audit::user_agent);
     crate::audit_pg::enqueue(&audit::Read {
-        database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        database,
         occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
         tenant: tenant.map(|t| *t.as_bytes()),
         secret: *id.as_bytes(),
@@ -467,7 +470,11 @@ fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
     if !crate::gucs::AUDIT_SECRET_READS.get() {
         return;
     }
-    if !crate::gucs::AUDIT_READS_IN_TRANSACTION.get() && queue_read(row, provider, source, scope) {
+    let id: Uuid = row.get("id").expect("id is NOT NULL");
+    let tenant: Option<Uuid> = row.get("tenant_id");
+    if !crate::gucs::AUDIT_READS_IN_TRANSACTION.get()
+        && queue_read(id, tenant, provider, source, scope)
+    {
         return;
     }
     if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {
@@ -477,8 +484,6 @@ fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
             "Read secrets on the primary outside READ ONLY transactions, or turn api_key_mgmt.audit_secret_reads off.",
         );
     }
-    let id: Uuid = row.get("id").expect("id is NOT NULL");
-    let tenant: Option<Uuid> = row.get("tenant_id");
     let args = [
         tenant.into(),
         id.to_string().into(),

@@ -310,12 +310,6 @@ fn route_scope(
     TableIterator::once(answer)
 }
 
-/// `glob_match(pattern text, path text) RETURNS boolean` — the route pattern rule.
-#[pg_extern(sql = false, immutable, parallel_safe)]
-fn glob_match(pattern: &str, path: &str) -> bool {
-    tenancy::glob_match(pattern, path)
-}
-
 /// `request_api_key(headers jsonb, header text) RETURNS text` — internal: the key of a
 /// PostgREST request (configured header, else a non-JWT bearer token).
 #[pg_extern(sql = false, immutable)]

@@ -170,3 +170,6 @@ RESET ROLE;
 -- worker) only in the worker's database, api_key_mgmt.agent_maintenance_database
 -- ('postgres'); in this one each read writes its entry in its own transaction.
 SELECT mode, capacity FROM api_key_mgmt.audit_queue_status();
+
+-- Provider and secret swapped by mistake: the error names neither.
+SELECT regress.try(format('SELECT api_key_mgmt.put_tenant_secret(NULL, %L, %L)', 'sk-proj-abcdefghijklmnop', 'openai'));
