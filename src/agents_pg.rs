@@ -16,14 +16,7 @@ use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
 use std::time::{Duration, Instant};
 
-fn raise(code: PgSqlErrorCode, message: &str, hint: &str) -> ! {
-    let mut report = pg_sys::panic::ErrorReport::new(code, message.to_owned(), "api_key_mgmt");
-    if !hint.is_empty() {
-        report = report.set_hint(hint);
-    }
-    report.report(pgrx::PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
-}
+use crate::errors::raise;
 
 fn refusal_code(r: Refusal) -> PgSqlErrorCode {
     match r {
@@ -296,7 +289,7 @@ fn resolve_proxy_token(token: Option<&str>, environment: Option<&str>) -> String
     .unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            &format!("could not count a use of a proxy token: {e}"),
+            format!("could not count a use of a proxy token: {e}"),
             "",
         )
     });

@@ -29,7 +29,18 @@ impl Error {
 
     /// Raise as a Postgres ERROR (does not return).
     pub fn raise(self) -> ! {
-        ErrorReport::new(self.sqlstate(), self.message(), "api_key_mgmt").report(PgLogLevel::ERROR);
-        unreachable!("ERROR does not return")
+        raise(self.sqlstate(), self.message(), "")
     }
+}
+
+/// Raise a Postgres ERROR with `code`, `message` and a `hint` ("" for none); does not
+/// return. The one way the extension's Rust raises: a message carries names, ids and
+/// limits, never a key or a secret.
+pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: &str) -> ! {
+    let mut report = ErrorReport::new(code, message.into(), "api_key_mgmt");
+    if !hint.is_empty() {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
 }

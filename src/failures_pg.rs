@@ -91,12 +91,11 @@ pub fn count_key(key: [u8; 16], tenant: [u8; 16], code: &str, now: i64) {
 
 fn require_active() {
     if !active() {
-        pg_sys::panic::ErrorReport::new(
+        crate::errors::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "failed validations are counted only when api_key_mgmt is in shared_preload_libraries",
-            "api_key_mgmt",
-        )
-        .report(pgrx::PgLogLevel::ERROR);
+            "",
+        );
     }
 }
 

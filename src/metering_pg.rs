@@ -3,6 +3,7 @@
 //! rate limits (read from `api_key_mgmt.meters` by direct index probes, no write).
 
 use crate::catalog::{self, Row};
+use crate::errors::raise;
 use crate::metering::{self, Meter, Money, Period, Refill, Remaining};
 use crate::ratelimit::{self, Decision, Limit};
 use crate::ratelimit_pg;
@@ -349,10 +350,6 @@ fn meter_row_valid(
         && (credits_refill.is_none() || credits.is_some())
 }
 
-fn reject(code: PgSqlErrorCode, message: String) -> ! {
-    pgrx::ereport!(ERROR, code, message);
-}
-
 /// `check_amount(what text, value numeric, nullable boolean) RETURNS void`
 ///
 /// Money is `numeric`, 0 <= value < 10^15, at most 9 decimal places (trailing zeros
@@ -362,14 +359,10 @@ fn reject(code: PgSqlErrorCode, message: String) -> ! {
 fn check_amount(what: Option<&str>, value: Option<AnyNumeric>, nullable: Option<bool>) {
     let what = what.unwrap_or("amount");
     match value {
-        None if nullable != Some(true) => reject(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            format!("{what} must not be NULL"),
+        None if nullable != Some(true) => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL"), ""
         ),
         Some(v) if !matches!(Money::parse(&v.to_string()), Some(m) if m >= Money::ZERO) => {
-            reject(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("{what} must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places"),
+            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places"), ""
             )
         }
         _ => {}
@@ -387,21 +380,24 @@ fn check_charge(
     cost: Option<AnyNumeric>,
 ) {
     if key_id.is_none() {
-        reject(
+        raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "key_id must not be NULL".into(),
+            "key_id must not be NULL",
+            "",
         );
     }
     let Some(scope) = scope else {
-        reject(
+        raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "scope must not be NULL".into(),
+            "scope must not be NULL",
+            "",
         )
     };
     if !metering::charge_scope_ok(scope) {
-        reject(
+        raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "scope must be a concrete area:action".into(),
+            "scope must be a concrete area:action",
+            "",
         );
     }
     check_amount(what, cost, Some(false));
@@ -421,11 +417,12 @@ fn check_usage(
     metadata: Option<pgrx::JsonB>,
     key_source: Option<&str>,
 ) {
-    let bad = |m: String| reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m);
+    let bad = |m: String| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m, "");
     match units {
-        None => reject(
+        None => raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "units must be a non-negative number".into(),
+            "units must be a non-negative number",
+            "",
         ),
         Some(u) if u < 0 => bad("units must be a non-negative number".into()),
         _ => {}

@@ -18,14 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use zeroize::Zeroizing;
 
-fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
-    let mut report = pg_sys::panic::ErrorReport::new(code, message, "api_key_mgmt");
-    if !hint.is_empty() {
-        report = report.set_hint(hint);
-    }
-    report.report(pgrx::PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
-}
+use crate::errors::raise;
 
 /// The key file as last read by this backend, which versions were checked against
 /// their recorded key-check values since, and the data keys derived from them (HKDF is
@@ -70,7 +63,7 @@ fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
     let Some(path) = crate::gucs::master_key_file() else {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "no master key is configured: api_key_mgmt.master_key_file is not set".into(),
+            "no master key is configured: api_key_mgmt.master_key_file is not set",
             "A superuser sets it (postgresql.conf or ALTER SYSTEM) to a file readable only by the server's OS user.",
         )
     };
@@ -78,12 +71,12 @@ fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
-            "the master key file named by api_key_mgmt.master_key_file does not exist".into(),
+            "the master key file named by api_key_mgmt.master_key_file does not exist",
             "",
         ),
         Err(_) => raise(
             PgSqlErrorCode::ERRCODE_IO_ERROR,
-            "the master key file named by api_key_mgmt.master_key_file cannot be read".into(),
+            "the master key file named by api_key_mgmt.master_key_file cannot be read",
             "It must be readable by the server's OS user.",
         ),
     };
@@ -103,8 +96,7 @@ fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
                 Ok(t) => Zeroizing::new(t),
                 Err(_) => raise(
                     PgSqlErrorCode::ERRCODE_IO_ERROR,
-                    "the master key file named by api_key_mgmt.master_key_file cannot be read"
-                        .into(),
+                    "the master key file named by api_key_mgmt.master_key_file cannot be read",
                     "It must be readable by the server's OS user.",
                 ),
             };
@@ -193,12 +185,12 @@ fn crypto_error(e: CryptoError, secret_id: Uuid) -> ! {
     match e {
         CryptoError::PlaintextLength { .. } => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "secret must be 1 to 65536 bytes".into(),
+            "secret must be 1 to 65536 bytes",
             "",
         ),
         CryptoError::Random => raise(
             PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-            "the operating system's random source failed".into(),
+            "the operating system's random source failed",
             "",
         ),
         _ => raise(
@@ -347,14 +339,14 @@ fn resolve(
     let Some(provider) = provider else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "provider must not be NULL".into(),
+            "provider must not be NULL",
             "",
         )
     };
     let Some(scope) = scope else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "scope must not be NULL".into(),
+            "scope must not be NULL",
             "",
         )
     };
@@ -369,12 +361,12 @@ fn resolve(
         Some(e @ ("dev" | "staging" | "prod")) => e,
         Some(_) => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "environment must be 'dev', 'staging' or 'prod'".into(),
+            "environment must be 'dev', 'staging' or 'prod'",
             "",
         ),
         None => raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "environment must not be NULL".into(),
+            "environment must not be NULL",
             "",
         ),
     };
@@ -480,7 +472,7 @@ fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
     if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {
         raise(
             PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
-            "reading a tenant secret is audited and needs a read-write transaction".into(),
+            "reading a tenant secret is audited and needs a read-write transaction",
             "Read secrets on the primary outside READ ONLY transactions, or turn api_key_mgmt.audit_secret_reads off.",
         );
     }
@@ -536,7 +528,7 @@ fn akm_get_tenant_secret(
         Ok(s) => Some(s.to_owned()),
         Err(_) => raise(
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-            "a stored secret is not valid UTF-8".into(),
+            "a stored secret is not valid UTF-8",
             "",
         ),
     }
@@ -569,7 +561,7 @@ pub unsafe extern "C-unwind" fn akm_resolve_provider_key(
             let Ok(secret) = std::str::from_utf8(&r.plaintext) else {
                 raise(
                     PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                    "a stored secret is not valid UTF-8".into(),
+                    "a stored secret is not valid UTF-8",
                     "",
                 )
             };

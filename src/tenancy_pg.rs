@@ -10,6 +10,7 @@
 //! whose setting is taken as is.
 
 use crate::catalog::{self, Key};
+use crate::errors::raise;
 use crate::tenancy::{self, Role};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -174,15 +175,11 @@ pub fn visible_tenant_for_admin_views() -> Option<[u8; 16]> {
             tenant,
             role: Some(r),
         }) if r >= Role::Admin => Some(tenant),
-        _ => {
-            pg_sys::panic::ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                "this requires the tenant role admin or higher",
-                "api_key_mgmt",
-            )
-            .report(pgrx::PgLogLevel::ERROR);
-            unreachable!()
-        }
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "this requires the tenant role admin or higher",
+            "",
+        ),
     }
 }
 
@@ -235,15 +232,8 @@ fn authorize(tenant_id: Option<Uuid>, need: &str) -> &'static str {
     if is_service() && !need_platform && Role::parse(need).is_some_and(|r| r <= Role::Admin) {
         return "admin";
     }
-    let deny = |msg: String| -> ! {
-        pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            msg,
-            "api_key_mgmt",
-        )
-        .report(pgrx::PgLogLevel::ERROR);
-        unreachable!()
-    };
+    let deny =
+        |msg: String| -> ! { raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, msg, "") };
     let Some(need_role) = Role::parse(need) else {
         deny("this requires the api_key_mgmt_admin role".into())
     };
