@@ -27,6 +27,19 @@ BEGIN
 END
 $$;
 
+-- check_range(what, value, lo, hi): 22004 NULL, 22023 outside lo..hi.
+CREATE FUNCTION api_key_mgmt_internal.check_range(what text, value bigint, lo bigint, hi bigint)
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', what USING ERRCODE = '22004';
+    END IF;
+    IF value NOT BETWEEN lo AND hi THEN
+        RAISE EXCEPTION '% must be % to %', what, lo, hi USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
 -- check_scopes(what, scopes, plan): 22004 NULL array or element, 22023 empty, bad
 -- syntax or (when plan is given) a scope outside the tenant's plan.
 CREATE FUNCTION api_key_mgmt_internal.check_scopes(what text, scopes text[], plan text[])

@@ -503,9 +503,7 @@ DECLARE
     v_done integer := 0;
 BEGIN
     PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
-    IF rewrap_secrets.batch_size IS NULL OR rewrap_secrets.batch_size NOT BETWEEN 1 AND 100000 THEN
-        RAISE EXCEPTION 'batch_size must be between 1 and 100000' USING ERRCODE = '22023';
-    END IF;
+    PERFORM api_key_mgmt_internal.check_range('batch_size', rewrap_secrets.batch_size, 1, 100000);
     v_active := api_key_mgmt_internal.ensure_key_version();
     FOR v_id IN
         SELECT s.id FROM api_key_mgmt.tenant_secrets s

@@ -1023,9 +1023,7 @@ DECLARE
     v_id uuid;
     v_n integer := 0;
 BEGIN
-    IF expire_reservations.batch_size IS NULL OR expire_reservations.batch_size NOT BETWEEN 1 AND 100000 THEN
-        RAISE EXCEPTION 'batch_size must be 1 to 100000' USING ERRCODE = '22023';
-    END IF;
+    PERFORM api_key_mgmt_internal.check_range('batch_size', expire_reservations.batch_size, 1, 100000);
     FOR v_id IN SELECT x.id FROM api_key_mgmt.reservations x
                  WHERE x.expires_at <= api_key_mgmt_internal.meter_now()
                  ORDER BY x.expires_at LIMIT expire_reservations.batch_size
@@ -1292,9 +1290,7 @@ DECLARE
     v_name text;
     v_n integer := 0;
 BEGIN
-    IF create_usage_partitions.months_ahead IS NULL OR create_usage_partitions.months_ahead NOT BETWEEN 0 AND 60 THEN
-        RAISE EXCEPTION 'months_ahead must be 0 to 60' USING ERRCODE = '22023';
-    END IF;
+    PERFORM api_key_mgmt_internal.check_range('months_ahead', create_usage_partitions.months_ahead, 0, 60);
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('api_key_mgmt.create_usage_partitions'));
     v_start := pg_catalog.date_trunc('month', api_key_mgmt_internal.meter_now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
     FOR i IN 0 .. create_usage_partitions.months_ahead LOOP
@@ -1322,7 +1318,9 @@ CREATE FUNCTION api_key_mgmt.purge_idempotency_keys(older_than interval DEFAULT 
 DECLARE
     v_n bigint;
 BEGIN
-    IF purge_idempotency_keys.older_than IS NULL OR purge_idempotency_keys.older_than < '1 hour'::interval THEN
+    IF purge_idempotency_keys.older_than IS NULL THEN
+        RAISE EXCEPTION 'older_than must not be NULL' USING ERRCODE = '22004';
+    ELSIF purge_idempotency_keys.older_than < '1 hour'::interval THEN
         RAISE EXCEPTION 'older_than must be at least 1 hour' USING ERRCODE = '22023';
     END IF;
     DELETE FROM api_key_mgmt.usage_idempotency i

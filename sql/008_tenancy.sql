@@ -301,7 +301,9 @@ DECLARE
     v_count bigint;
 BEGIN
     PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
-    IF purge_audit_log.older_than IS NULL OR purge_audit_log.older_than < '1 day'::interval THEN
+    IF purge_audit_log.older_than IS NULL THEN
+        RAISE EXCEPTION 'older_than must not be NULL' USING ERRCODE = '22004';
+    ELSIF purge_audit_log.older_than < '1 day'::interval THEN
         RAISE EXCEPTION 'older_than must be at least 1 day' USING ERRCODE = '22023';
     END IF;
     PERFORM api_key_mgmt_internal.set_audit_retention(true);

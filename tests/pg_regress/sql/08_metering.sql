@@ -264,6 +264,9 @@ SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound, c.relrowsecurity,
 SELECT count(*) AS in_default, (SELECT count(*) FROM api_key_mgmt.usage_events_y2030m02) AS in_february
   FROM api_key_mgmt.usage_events_default;
 SELECT regress.try('SELECT api_key_mgmt.create_usage_partitions(61)');
+SELECT regress.try('SELECT api_key_mgmt.create_usage_partitions(NULL)');
+SELECT regress.try('SELECT api_key_mgmt.expire_reservations(0)');
+SELECT regress.try('SELECT api_key_mgmt.purge_idempotency_keys(NULL)');
 SELECT api_key_mgmt.run_metering_maintenance();
 
 -- Billing views.

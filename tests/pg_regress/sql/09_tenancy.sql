@@ -206,6 +206,7 @@ SET session_replication_role = replica;
 SELECT regress.try('DELETE FROM api_key_mgmt.audit_log');
 RESET session_replication_role;
 SELECT regress.try($$SELECT api_key_mgmt.purge_audit_log('1 hour')$$);
+SELECT regress.try($$SELECT api_key_mgmt.purge_audit_log(NULL)$$);
 SELECT api_key_mgmt.purge_audit_log('1 day') AS purged;
 SELECT action, details FROM api_key_mgmt.audit_log WHERE action = 'audit.purged';
 SET ROLE regress_app;
