@@ -386,6 +386,41 @@ fn tenant_state_follows_snapshots() {
     assert_code(&mut b, &key, "tenant_disabled");
 }
 
+/// A charge reads whether its tenant has a meter through the same per-backend tenant
+/// cache: caps set on the tenant by another session after this backend cached "no
+/// meter" apply to its very next charge, and are exact under the cap.
+#[test]
+fn tenant_caps_seen_by_a_backend_that_cached_the_tenant() {
+    let db = TestDb::new("it_tenant_cache_meter");
+    let mut admin = db.connect();
+    let tenant = create_tenant(&mut admin, "capped later");
+    let key = issue(&mut admin, &tenant, "k");
+    let mut a = db.connect();
+    let charge = |c: &mut Client| -> (bool, String) {
+        let r = c
+            .query_one(
+                "SELECT allowed, code FROM api_key_mgmt.charge_api_key($1::text::uuid, 'agents:chat', 1)",
+                &[&key.id],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // Uncapped, and cached as such by a's validation and charge.
+    assert_code(&mut a, &key, "ok");
+    assert_eq!(charge(&mut a), (true, "ok".to_owned()));
+    admin
+        .execute(
+            "SELECT api_key_mgmt.set_tenant_caps($1::text::uuid, daily_cap => 3)",
+            &[&tenant],
+        )
+        .unwrap();
+    // The tenant's total starts from the log (1 spent): two more fit, the third not.
+    assert_eq!(charge(&mut a), (true, "ok".to_owned()));
+    assert_eq!(charge(&mut a), (true, "ok".to_owned()));
+    assert_eq!(charge(&mut a), (false, "daily_cap_exceeded".to_owned()));
+    assert_code(&mut a, &key, "daily_cap_exceeded");
+}
+
 /// Stops and removes a cluster when dropped (also when the test fails).
 struct Destroy(Cluster);
 
