@@ -322,6 +322,29 @@ $$;
 
 -- The tool registry (tenant admins).
 
+-- check_tool_policy(risk_level, max_session, max_uses): what register_agent_tool and
+-- update_agent_tool accept: 22004 NULL risk level or session length, 22023 otherwise.
+CREATE FUNCTION api_key_mgmt_internal.check_tool_policy(p_risk_level text, p_max_session interval, p_max_uses integer)
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_risk_level IS NULL THEN
+        RAISE EXCEPTION 'risk_level must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF p_risk_level NOT IN ('low', 'medium', 'high', 'critical') THEN
+        RAISE EXCEPTION 'risk_level must be low, medium, high or critical' USING ERRCODE = '22023';
+    END IF;
+    IF p_max_session IS NULL THEN
+        RAISE EXCEPTION 'max_session must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF p_max_session <= '0'::interval OR p_max_session > '30 days'::interval THEN
+        RAISE EXCEPTION 'max_session must be positive and at most 30 days' USING ERRCODE = '22023';
+    END IF;
+    IF p_max_uses <= 0 THEN
+        RAISE EXCEPTION 'max_uses must be positive (or NULL: unlimited)' USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
 -- register_agent_tool(tenant_id, tool_key, name, secrets, environments, risk_level,
 -- max_session, max_uses, project) -> uuid. 23505 when the key is taken.
 CREATE FUNCTION api_key_mgmt.register_agent_tool(
@@ -341,21 +364,8 @@ BEGIN
     PERFORM api_key_mgmt_internal.check_text('name', register_agent_tool.name, 200);
     PERFORM api_key_mgmt_internal.check_names('secrets', register_agent_tool.secrets, 64);
     PERFORM api_key_mgmt_internal.check_environments('environments', register_agent_tool.environments);
-    IF register_agent_tool.risk_level IS NULL THEN
-        RAISE EXCEPTION 'risk_level must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF register_agent_tool.risk_level NOT IN ('low', 'medium', 'high', 'critical') THEN
-        RAISE EXCEPTION 'risk_level must be low, medium, high or critical' USING ERRCODE = '22023';
-    END IF;
-    IF register_agent_tool.max_session IS NULL THEN
-        RAISE EXCEPTION 'max_session must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF register_agent_tool.max_session <= '0'::interval OR register_agent_tool.max_session > '30 days'::interval THEN
-        RAISE EXCEPTION 'max_session must be positive and at most 30 days' USING ERRCODE = '22023';
-    END IF;
-    IF register_agent_tool.max_uses <= 0 THEN
-        RAISE EXCEPTION 'max_uses must be positive (or NULL: unlimited)' USING ERRCODE = '22023';
-    END IF;
+    PERFORM api_key_mgmt_internal.check_tool_policy(register_agent_tool.risk_level,
+        register_agent_tool.max_session, register_agent_tool.max_uses);
     v_project := api_key_mgmt_internal.project_id(register_agent_tool.tenant_id, register_agent_tool.project);
     INSERT INTO api_key_mgmt.agent_tools AS t (tenant_id, tool_key, name, secrets, environments, risk_level,
                                                max_session, max_uses, project_id, created_by)
@@ -426,22 +436,14 @@ BEGIN
     END IF;
     IF update_agent_tool.changes ? 'risk_level' THEN
         v.risk_level := update_agent_tool.changes ->> 'risk_level';
-        IF v.risk_level IS NULL OR v.risk_level NOT IN ('low', 'medium', 'high', 'critical') THEN
-            RAISE EXCEPTION 'risk_level must be low, medium, high or critical' USING ERRCODE = '22023';
-        END IF;
     END IF;
     IF update_agent_tool.changes ? 'max_session' THEN
         v.max_session := (update_agent_tool.changes ->> 'max_session')::interval;
-        IF v.max_session IS NULL OR v.max_session <= '0'::interval OR v.max_session > '30 days'::interval THEN
-            RAISE EXCEPTION 'max_session must be positive and at most 30 days' USING ERRCODE = '22023';
-        END IF;
     END IF;
     IF update_agent_tool.changes ? 'max_uses' THEN
         v.max_uses := (update_agent_tool.changes ->> 'max_uses')::integer;
-        IF v.max_uses <= 0 THEN
-            RAISE EXCEPTION 'max_uses must be positive (or null: unlimited)' USING ERRCODE = '22023';
-        END IF;
     END IF;
+    PERFORM api_key_mgmt_internal.check_tool_policy(v.risk_level, v.max_session, v.max_uses);
     IF update_agent_tool.changes ? 'enabled' THEN
         v.enabled := (update_agent_tool.changes ->> 'enabled')::boolean;
         IF v.enabled IS NULL THEN
@@ -595,7 +597,7 @@ BEGIN
 END
 $$;
 
--- request_row(request_id): the request, locked, after authorizing a tenant admin;
+-- pending_request(request_id): the request, locked, after authorizing a tenant admin;
 -- 42704 unknown, 55000 no longer pending (a pending one past its deadline expires).
 CREATE FUNCTION api_key_mgmt_internal.pending_request(p_request_id uuid)
     RETURNS api_key_mgmt.access_requests LANGUAGE plpgsql AS $$
@@ -620,30 +622,39 @@ BEGIN
 END
 $$;
 
+-- decide_request(request_id, status, note) -> the request, decided: a pending request
+-- (pending_request: tenant admins) set to 'approved' (only while its tool is enabled)
+-- or 'denied', with who decided, when and why, and its audit entry.
+CREATE FUNCTION api_key_mgmt_internal.decide_request(p_request_id uuid, p_status text, p_note text)
+    RETURNS api_key_mgmt.access_requests LANGUAGE plpgsql AS $$
+DECLARE
+    v api_key_mgmt.access_requests;
+BEGIN
+    v := api_key_mgmt_internal.pending_request(p_request_id);
+    IF pg_catalog.char_length(p_note) > 1000 THEN
+        RAISE EXCEPTION 'note must be at most 1000 characters' USING ERRCODE = '22023';
+    END IF;
+    IF p_status = 'approved' AND NOT (SELECT t.enabled FROM api_key_mgmt.agent_tools t WHERE t.id = v.tool_id) THEN
+        RAISE EXCEPTION 'the agent tool is disabled' USING ERRCODE = '55000';
+    END IF;
+    UPDATE api_key_mgmt.access_requests r
+       SET status = p_status, decided_by = api_key_mgmt_internal.actor(), decided_at = pg_catalog.now(),
+           note = p_note
+     WHERE r.id = v.id
+    RETURNING * INTO v;
+    PERFORM api_key_mgmt_internal.audit(v.tenant_id, 'access_request.' || p_status, 'access_request', v.id::text,
+        pg_catalog.jsonb_build_object('note', p_note));
+    RETURN v;
+END
+$$;
+
 -- approve_access_request(request_id, note) -> uuid: approve a pending request and open
 -- its session, which lasts the request's duration from now (tenant admins).
 CREATE FUNCTION api_key_mgmt.approve_access_request(request_id uuid, note text DEFAULT NULL)
     RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v api_key_mgmt.access_requests;
-    v_session uuid;
 BEGIN
-    v := api_key_mgmt_internal.pending_request(approve_access_request.request_id);
-    IF pg_catalog.char_length(approve_access_request.note) > 1000 THEN
-        RAISE EXCEPTION 'note must be at most 1000 characters' USING ERRCODE = '22023';
-    END IF;
-    IF NOT (SELECT t.enabled FROM api_key_mgmt.agent_tools t WHERE t.id = v.tool_id) THEN
-        RAISE EXCEPTION 'the agent tool is disabled' USING ERRCODE = '55000';
-    END IF;
-    UPDATE api_key_mgmt.access_requests r
-       SET status = 'approved', decided_by = api_key_mgmt_internal.actor(), decided_at = pg_catalog.now(),
-           note = approve_access_request.note
-     WHERE r.id = v.id
-    RETURNING * INTO v;
-    PERFORM api_key_mgmt_internal.audit(v.tenant_id, 'access_request.approved', 'access_request', v.id::text,
-        pg_catalog.jsonb_build_object('note', approve_access_request.note));
-    v_session := api_key_mgmt_internal.open_session(v);
-    RETURN v_session;
+    RETURN api_key_mgmt_internal.open_session(api_key_mgmt_internal.decide_request(
+        approve_access_request.request_id, 'approved', approve_access_request.note));
 END
 $$;
 
@@ -653,16 +664,7 @@ CREATE FUNCTION api_key_mgmt.deny_access_request(request_id uuid, note text DEFA
 DECLARE
     v api_key_mgmt.access_requests;
 BEGIN
-    v := api_key_mgmt_internal.pending_request(deny_access_request.request_id);
-    IF pg_catalog.char_length(deny_access_request.note) > 1000 THEN
-        RAISE EXCEPTION 'note must be at most 1000 characters' USING ERRCODE = '22023';
-    END IF;
-    UPDATE api_key_mgmt.access_requests r
-       SET status = 'denied', decided_by = api_key_mgmt_internal.actor(), decided_at = pg_catalog.now(),
-           note = deny_access_request.note
-     WHERE r.id = v.id;
-    PERFORM api_key_mgmt_internal.audit(v.tenant_id, 'access_request.denied', 'access_request', v.id::text,
-        pg_catalog.jsonb_build_object('note', deny_access_request.note));
+    v := api_key_mgmt_internal.decide_request(deny_access_request.request_id, 'denied', deny_access_request.note);
     PERFORM api_key_mgmt_internal.security_event(v.tenant_id, 'access_denied', 'info', 'access_request', v.id::text,
         pg_catalog.jsonb_build_object('decided_by', api_key_mgmt_internal.actor()));
 END
