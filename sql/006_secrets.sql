@@ -414,18 +414,23 @@ BEGIN
 END
 $$;
 
--- authorize_secret(secret_id): 42704 no such secret, 42501 unless the caller
--- administers its tenant (platform administrators for platform defaults).
-CREATE FUNCTION api_key_mgmt_internal.authorize_secret(p_secret_id uuid) RETURNS void
+-- authorize_secret(secret_id) -> uuid: the secret's tenant (NULL for a platform default);
+-- 22004 NULL id, 42704 no such secret, 42501 unless the caller administers its tenant
+-- (platform administrators for platform defaults).
+CREATE FUNCTION api_key_mgmt_internal.authorize_secret(p_secret_id uuid) RETURNS uuid
     LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_tenant uuid;
 BEGIN
+    IF p_secret_id IS NULL THEN
+        RAISE EXCEPTION 'secret_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
     SELECT s.tenant_id INTO v_tenant FROM api_key_mgmt.tenant_secrets s WHERE s.id = p_secret_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'secret % does not exist', p_secret_id USING ERRCODE = '42704';
     END IF;
     PERFORM api_key_mgmt_internal.authorize(v_tenant, 'admin');
+    RETURN v_tenant;
 END
 $$;
 

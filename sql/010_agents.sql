@@ -295,14 +295,11 @@ DECLARE
     v_tenant uuid;
     v_project uuid;
 BEGIN
-    IF set_secret_labels.secret_id IS NULL THEN
-        RAISE EXCEPTION 'secret_id must not be NULL' USING ERRCODE = '22004';
+    v_tenant := api_key_mgmt_internal.authorize_secret(set_secret_labels.secret_id);
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant secret % does not exist', set_secret_labels.secret_id USING ERRCODE = '42704',
+            HINT = 'Platform-wide secrets have no project or tags.';
     END IF;
-    SELECT s.tenant_id INTO v_tenant FROM api_key_mgmt.tenant_secrets s WHERE s.id = set_secret_labels.secret_id;
-    IF NOT FOUND OR v_tenant IS NULL THEN
-        RAISE EXCEPTION 'tenant secret % does not exist', set_secret_labels.secret_id USING ERRCODE = '42704';
-    END IF;
-    PERFORM api_key_mgmt_internal.authorize(v_tenant, 'admin');
     IF set_secret_labels.tags IS NULL OR pg_catalog.array_position(set_secret_labels.tags, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'tags must not be or contain NULL' USING ERRCODE = '22004';
     END IF;
