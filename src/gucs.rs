@@ -10,6 +10,8 @@
 //! | `api_key_mgmt.api_key_header` | text | superuser | `x-api-key` |
 //! | `api_key_mgmt.unmatched_routes` | text | superuser | `deny` |
 //! | `api_key_mgmt.audit_secret_reads` | bool | superuser | on |
+//! | `api_key_mgmt.audit_queue_size` | integer | server start (only when preloading) | 4096 (0: no queue) |
+//! | `api_key_mgmt.audit_reads_in_transaction` | bool | superuser | off |
 //! | `api_key_mgmt.clock_override` | text (timestamptz) | superuser | unset: the real clock |
 //! | `api_key_mgmt.rate_limit_slots` | integer | server start | 65536 |
 //! | `api_key_mgmt.agent_request_timeout` | integer (s) | superuser | 1h |
