@@ -106,23 +106,43 @@ pub extern "C-unwind" fn akm_agent_maintenance_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = crate::gucs::agent_maintenance_database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // Everything this worker runs names its objects; nothing resolves through a schema
+    // another role can create in.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    };
     crate::audit_pg::attach_worker();
     let mut last_maintenance = Instant::now();
     loop {
         let secs = crate::gucs::AGENT_MAINTENANCE_INTERVAL.get();
         let every = Duration::from_secs(if secs > 0 { secs as u64 } else { 60 });
         let next = every.saturating_sub(last_maintenance.elapsed());
-        let running = BackgroundWorker::wait_latch(Some(next.min(Duration::from_secs(1))));
-        if !running {
+        // Reads arrive one at a time and the first one wakes the worker, which then
+        // gathers for a moment and writes what came in one transaction, not one per
+        // read (a busy backend wakes it early when the queue is half full).
+        let gathering = crate::audit_pg::queued() > 0;
+        let wait = if gathering {
+            AUDIT_GATHER
+        } else {
+            next.min(Duration::from_secs(1))
+        };
+        if !BackgroundWorker::wait_latch(Some(wait)) {
             // Shutting down: take no more entries, write those queued.
             crate::audit_pg::detach_worker();
-            drain_audit_queue();
+            drain_audit_queue(true);
             break;
         }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        drain_audit_queue();
+        if gathering || crate::audit_pg::queued() >= crate::audit_pg::BATCH as u64 {
+            drain_audit_queue(false);
+        }
         if last_maintenance.elapsed() < every {
             continue;
         }
@@ -140,20 +160,20 @@ pub extern "C-unwind" fn akm_agent_maintenance_main(_arg: pg_sys::Datum) {
     }
 }
 
+/// How long the worker gathers secret-read audit entries before writing them.
+const AUDIT_GATHER: Duration = Duration::from_millis(20);
+
 fn extension_installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_key_mgmt')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    unsafe { pg_sys::get_extension_oid(c"api_key_mgmt".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
-/// Write every queued audit entry, a batch per transaction; a batch leaves the queue only
-/// once its transaction has committed (dropped instead if the extension is not
-/// installed here: there is no audit_log to write to).
-fn drain_audit_queue() {
+/// Write queued audit entries, a batch per transaction, until a batch is not full (or,
+/// with `all`, until none is left). A batch leaves the queue only once its transaction
+/// has committed (dropped instead if the extension is not installed here: there is no
+/// audit_log to write to).
+fn drain_audit_queue(all: bool) {
     while let Some((tail, entries)) = crate::audit_pg::peek_batch() {
+        let full = entries.len() == crate::audit_pg::BATCH;
         let written = BackgroundWorker::transaction(|| {
             let installed = extension_installed();
             if installed {
@@ -162,6 +182,9 @@ fn drain_audit_queue() {
             installed
         });
         crate::audit_pg::advance(tail, entries.len(), written);
+        if !all && !full {
+            break;
+        }
     }
 }
 

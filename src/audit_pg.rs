@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const TRANCHE: &CStr = c"api_key_mgmt_audit";
 const MAGIC: u64 = 0x616b_6d5f_6175_0001;
 /// Entries written per worker transaction.
-const BATCH: usize = 512;
+pub const BATCH: usize = 512;
 
 #[repr(C)]
 struct Header {
@@ -128,7 +128,10 @@ pub fn enqueue(read: &audit::Read) -> bool {
         let was_empty = h.head == h.tail;
         unsafe { slot(h.head).write(entry) };
         h.head += 1;
-        Some(if was_empty { h.latch } else { 0 })
+        // Wake the worker for the first entry, and again at half full in case it is
+        // still gathering.
+        let half = h.head - h.tail == h.capacity.div_ceil(2);
+        Some(if was_empty || half { h.latch } else { 0 })
     });
     match queued {
         Some(latch) => {
@@ -171,6 +174,16 @@ pub fn detach_worker() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_worker_exit(_code: i32, _arg: pg_sys::Datum) {
     detach_worker();
+}
+
+/// Entries queued now (0 without the queue).
+pub fn queued() -> u64 {
+    if !active() {
+        return 0;
+    }
+    let _lock = locked();
+    let h = unsafe { &*SHARED };
+    h.head - h.tail
 }
 
 /// Worker: a copy of up to [`BATCH`] queued entries and the ring position of the first.
@@ -222,30 +235,61 @@ pub fn write(entries: &[Entry]) {
         .iter()
         .map(|e| e.source().map(|s| s.as_str().to_owned()))
         .collect();
-    Spi::run("SET LOCAL search_path = pg_catalog, pg_temp").expect("set search_path");
-    Spi::run_with_args(
-        "INSERT INTO api_key_mgmt.audit_log (occurred_at, tenant_id, actor, actor_role, action, \
-                 target_type, target_id, details, client_ip, user_agent) \
-         SELECT timestamptz '2000-01-01 00:00:00+00' + u.us * interval '1 microsecond', u.t, \
-                u.actor, u.role, 'secret.decrypted', 'secret', u.sid::text, \
-                jsonb_build_object('provider', u.p, 'source', u.s, 'scope', u.sc), u.ip, u.ua \
-           FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], \
-                       $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
-                AS u(us, t, actor, role, sid, p, s, sc, ip, ua)",
-        &[
-            at.into(),
-            tenant.into(),
-            text(Entry::actor).into(),
-            text(Entry::actor_role).into(),
-            secret.into(),
-            text(Entry::provider).into(),
-            source.into(),
-            text(Entry::scope).into(),
-            text(Entry::client_ip).into(),
-            text(Entry::user_agent).into(),
-        ],
-    )
+    let args = [
+        at.into(),
+        tenant.into(),
+        text(Entry::actor).into(),
+        text(Entry::actor_role).into(),
+        secret.into(),
+        text(Entry::provider).into(),
+        source.into(),
+        text(Entry::scope).into(),
+        text(Entry::client_ip).into(),
+        text(Entry::user_agent).into(),
+    ];
+    // Prepared once per worker (the plan cache revalidates it after DDL). The worker's
+    // search_path is pg_catalog, pg_temp (src/agents_pg.rs).
+    Spi::connect_mut(|client| {
+        INSERT_PLAN.with(|cell| {
+            let mut plan = cell.borrow_mut();
+            if plan.is_none() {
+                use pg_sys::BuiltinOid::*;
+                let types = [
+                    INT8ARRAYOID,
+                    UUIDARRAYOID,
+                    TEXTARRAYOID,
+                    TEXTARRAYOID,
+                    UUIDARRAYOID,
+                    TEXTARRAYOID,
+                    TEXTARRAYOID,
+                    TEXTARRAYOID,
+                    TEXTARRAYOID,
+                    TEXTARRAYOID,
+                ]
+                .map(pgrx::PgOid::BuiltIn);
+                *plan = Some(client.prepare_mut(INSERT, &types)?.keep());
+            }
+            client
+                .update(plan.as_ref().expect("prepared above"), None, &args)
+                .map(|_| ())
+        })
+    })
     .expect("write queued audit entries");
+}
+
+/// The worker's INSERT of a batch, `$1`..`$10` one array per column.
+const INSERT: &str =
+    "INSERT INTO api_key_mgmt.audit_log (occurred_at, tenant_id, actor, actor_role, \
+         action, target_type, target_id, details, client_ip, user_agent) \
+     SELECT timestamptz '2000-01-01 00:00:00+00' + u.us * interval '1 microsecond', u.t, \
+            u.actor, u.role, 'secret.decrypted', 'secret', u.sid::text, \
+            jsonb_build_object('provider', u.p, 'source', u.s, 'scope', u.sc), u.ip, u.ua \
+       FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            AS u(us, t, actor, role, sid, p, s, sc, ip, ua)";
+
+thread_local! {
+    static INSERT_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// `audit_queue_status() RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)`
