@@ -334,11 +334,27 @@ BEGIN
 END
 $$;
 
+-- audit_secret_read(tenant_id, secret_id, provider, source, scope) -> void: internal,
+-- the secret.decrypted entry of a read audited in the reading transaction. Called by
+-- the read path (src/secrets_pg.rs) through the function manager, as the owner.
+CREATE FUNCTION api_key_mgmt_internal.audit_secret_read(
+    p_tenant_id uuid, p_secret_id text, p_provider text, p_source text, p_scope text
+) RETURNS void
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT api_key_mgmt_internal.audit(p_tenant_id, 'secret.decrypted', 'secret', p_secret_id,
+        pg_catalog.jsonb_build_object('provider', p_provider, 'source', p_source, 'scope', p_scope))
+$$;
+
 -- get_tenant_secret(tenant_id, provider, scope, model, environment) -> text
 -- Resolution: the tenant's secret for the model, the tenant's secret for the
 -- provider, the platform's for the model, the platform's for the provider; NULL when
 -- none exists. 42501 when the secret found does not allow the scope. Each read appends
 -- a secret.decrypted audit entry (see api_key_mgmt.audit_secret_reads).
+-- Not SECURITY DEFINER, like validate_api_key: it reads the tables through their
+-- indexes directly and resolves no name (so the caller's search_path cannot reach it),
+-- EXECUTE on it is the gate, and an audit entry written in the reading transaction goes
+-- through audit_secret_read above. This spares every read the save and restore of a
+-- SET search_path.
 CREATE FUNCTION api_key_mgmt.get_tenant_secret(
     tenant_id uuid,
     provider text,
@@ -346,12 +362,12 @@ CREATE FUNCTION api_key_mgmt.get_tenant_secret(
     model text DEFAULT NULL,
     environment text DEFAULT 'prod'
 ) RETURNS text
-    VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    LANGUAGE c AS 'MODULE_PATHNAME', 'akm_get_tenant_secret_wrapper';
+    VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_get_tenant_secret_wrapper';
 
 -- resolve_provider_key(tenant_id, provider, scope, model, environment) -> provider_key
 -- The same resolution, with where the secret came from (model | tenant | platform),
--- so billing can tell BYOK from platform usage; all NULL when none exists.
+-- so billing can tell BYOK from platform usage; all NULL when none exists. Not SECURITY
+-- DEFINER, for the same reasons as get_tenant_secret.
 CREATE FUNCTION api_key_mgmt.resolve_provider_key(
     tenant_id uuid,
     provider text,
@@ -359,8 +375,7 @@ CREATE FUNCTION api_key_mgmt.resolve_provider_key(
     model text DEFAULT NULL,
     environment text DEFAULT 'prod'
 ) RETURNS api_key_mgmt.provider_key
-    VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    LANGUAGE c AS 'MODULE_PATHNAME', 'akm_resolve_provider_key';
+    VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_resolve_provider_key';
 
 -- tenant_secret_list: every secret's metadata and preview; never the ciphertext.
 CREATE VIEW api_key_mgmt.tenant_secret_list WITH (security_invoker = true) AS

@@ -361,3 +361,47 @@ pub fn scan_all(table: &'static CStr) -> Vec<Row> {
     }
     rows
 }
+
+/// Call `api_key_mgmt_internal.<name>(args)` through the function manager, found by
+/// its schema, name and argument types with no permission check on the schema and no
+/// name resolved through the caller's `search_path` (LookupFuncName would check USAGE
+/// on the schema, which callers of the extension's invoker-rights functions lack). A
+/// `SECURITY DEFINER` function then runs as its owner with its own `search_path`.
+/// `args`: (type OID, value; `None` for NULL). The result is ignored.
+pub fn call_internal(name: &CStr, args: &[(pg_sys::Oid, Option<pg_sys::Datum>)]) {
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"api_key_mgmt_internal".as_ptr(), false);
+        let types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+        let argtypes = pg_sys::buildoidvector(types.as_ptr(), types.len() as i32);
+        let oid = pg_sys::GetSysCacheOid(
+            pg_sys::SysCacheIdentifier::PROCNAMEARGSNSP as i32,
+            pg_sys::Anum_pg_proc_oid as pg_sys::AttrNumber,
+            pg_sys::Datum::from(name.as_ptr()),
+            pg_sys::Datum::from(argtypes),
+            pg_sys::Datum::from(namespace),
+            pg_sys::Datum::from(0usize),
+        );
+        if oid == pg_sys::InvalidOid {
+            pgrx::error!(
+                "api_key_mgmt: function api_key_mgmt_internal.{} is missing; the extension's SQL and library versions differ",
+                name.to_string_lossy()
+            );
+        }
+        let mut flinfo = pg_sys::FmgrInfo::default();
+        pg_sys::fmgr_info(oid, &mut flinfo);
+        let fcinfo = pg_sys::palloc0(
+            std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
+                + std::mem::size_of::<pg_sys::NullableDatum>() * args.len(),
+        ) as *mut pg_sys::FunctionCallInfoBaseData;
+        (*fcinfo).flinfo = &mut flinfo;
+        (*fcinfo).fncollation = pg_sys::DEFAULT_COLLATION_OID;
+        (*fcinfo).nargs = args.len() as i16;
+        for (slot, (_, value)) in (*fcinfo).args.as_mut_slice(args.len()).iter_mut().zip(args) {
+            slot.value = value.unwrap_or(pg_sys::Datum::from(0usize));
+            slot.isnull = value.is_none();
+        }
+        let func = flinfo.fn_addr.expect("fmgr_info sets fn_addr");
+        pg_sys::ffi::pg_guard_ffi_boundary(|| func(fcinfo));
+        pg_sys::pfree(fcinfo.cast());
+    }
+}

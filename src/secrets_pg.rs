@@ -53,8 +53,6 @@ fn data_key(ring: &mut Keyring, version: i32, tenant: Option<[u8; 16]>) -> &cryp
 
 thread_local! {
     static KEYRING: RefCell<Option<Keyring>> = const { RefCell::new(None) };
-    /// The prepared INSERT of `secret.decrypted` audit entries.
-    static AUDIT_READ_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Run `f` with the master keys, reading the file again whenever its path, size,
@@ -476,42 +474,18 @@ fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
             "Read secrets on the primary outside READ ONLY transactions, or turn api_key_mgmt.audit_secret_reads off.",
         );
     }
-    let args = [
-        tenant.into(),
-        id.to_string().into(),
-        provider.into(),
-        source.as_str().into(),
-        scope.into(),
-    ];
-    // One plan per backend (SPI_keepplan: the plan cache revalidates it after DDL).
-    let result = Spi::connect_mut(|client| {
-        AUDIT_READ_PLAN.with(|cell| {
-            let mut plan = cell.borrow_mut();
-            if plan.is_none() {
-                let text = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
-                let uuid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::UUIDOID);
-                *plan = Some(
-                    client
-                        .prepare_mut(
-                            "SELECT api_key_mgmt_internal.audit($1, 'secret.decrypted', 'secret', $2, \
-                             pg_catalog.jsonb_build_object('provider', $3, 'source', $4, 'scope', $5))",
-                            &[uuid, text, text, text, text],
-                        )?
-                        .keep(),
-                );
-            }
-            client
-                .update(plan.as_ref().expect("prepared above"), None, &args)
-                .map(|_| ())
-        })
-    });
-    result.unwrap_or_else(|e| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("could not write the audit entry of a secret read: {e}"),
-            "",
-        )
-    });
+    // SECURITY DEFINER (the reader may not write audit_log itself).
+    let text = |s: &str| (pg_sys::TEXTOID, s.into_datum());
+    catalog::call_internal(
+        c"audit_secret_read",
+        &[
+            (pg_sys::UUIDOID, tenant.and_then(IntoDatum::into_datum)),
+            text(&id.to_string()),
+            text(provider),
+            text(source.as_str()),
+            text(scope),
+        ],
+    );
 }
 
 /// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`
