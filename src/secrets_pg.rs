@@ -27,6 +27,8 @@ use crate::errors::raise;
 struct Keyring {
     path: String,
     stamp: (i64, i64, u64, u64, i64, i64),
+    /// When the file's stamp was last compared with `stamp`.
+    checked: std::time::Instant,
     keys: MasterKeys,
     verified: HashSet<i32>,
     /// Boxed: growing the map moves only pointers, so no copy of a key is left behind
@@ -53,6 +55,29 @@ fn data_key(ring: &mut Keyring, version: i32, tenant: Option<[u8; 16]>) -> &cryp
 
 thread_local! {
     static KEYRING: RefCell<Option<Keyring>> = const { RefCell::new(None) };
+}
+
+/// How long a read trusts the key file it last looked at (see [`with_keyring_for_read`]).
+const KEY_FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`with_keyring`] for decrypting under master key `version`: while the file was
+/// looked at less than [`KEY_FILE_RECHECK`] ago, its path is unchanged and `version`
+/// is in it and verified, the `stat()` of the file is skipped (it is a good part of a
+/// read's cost). A version the backend has not seen yet, a new path, and every seal
+/// still look at the file at once; editing the file under a running server is seen by
+/// reads within a second.
+fn with_keyring_for_read<R>(version: i32, f: impl FnOnce(&mut Keyring) -> R) -> R {
+    let path = crate::gucs::master_key_file();
+    let trusted = KEYRING.with(|cell| {
+        matches!(&*cell.borrow(), Some(k) if Some(&k.path) == path.as_ref()
+            && k.verified.contains(&version)
+            && k.checked.elapsed() < KEY_FILE_RECHECK)
+    });
+    if trusted {
+        KEYRING.with(|cell| f(cell.borrow_mut().as_mut().expect("checked above")))
+    } else {
+        with_keyring(f)
+    }
 }
 
 /// Run `f` with the master keys, reading the file again whenever its path, size,
@@ -109,12 +134,15 @@ fn with_keyring<R>(f: impl FnOnce(&mut Keyring) -> R) -> R {
             *slot = Some(Keyring {
                 path,
                 stamp,
+                checked: std::time::Instant::now(),
                 keys,
                 verified: HashSet::new(),
                 data_keys: HashMap::new(),
             });
         }
-        f(slot.as_mut().expect("just filled"))
+        let ring = slot.as_mut().expect("just filled");
+        ring.checked = std::time::Instant::now();
+        f(ring)
     })
 }
 
@@ -210,7 +238,7 @@ pub(crate) fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
     let version: i32 = row.get("key_version").expect("key_version is NOT NULL");
     let nonce: Vec<u8> = row.get("nonce").expect("nonce is NOT NULL");
     let ciphertext: Vec<u8> = row.get("ciphertext").expect("ciphertext is NOT NULL");
-    with_keyring(|ring| {
+    with_keyring_for_read(version, |ring| {
         let t = tenant_bytes(tenant);
         let dek = data_key(ring, version, t);
         let aad = crypto::aad(t.as_ref(), id.as_bytes(), &provider, version);
