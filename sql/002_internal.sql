@@ -47,3 +47,7 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- uuid_v7() -> uuid: a time-ordered id (src/audit_pg.rs), the default of audit_log.id.
+CREATE FUNCTION api_key_mgmt_internal.uuid_v7() RETURNS uuid
+    VOLATILE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'uuid_v7_wrapper';

@@ -65,7 +65,7 @@ COMMENT ON TABLE api_key_mgmt.route_scopes IS 'api_key_mgmt: the scope each API 
 
 -- The audit log: append-only (no UPDATE or DELETE but the retention function's).
 CREATE TABLE api_key_mgmt.audit_log (
-    id          uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id          uuid PRIMARY KEY DEFAULT api_key_mgmt_internal.uuid_v7(),  -- time-ordered
     occurred_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     tenant_id   uuid,            -- no foreign key: the trail outlives its tenant
     actor       text NOT NULL,   -- JWT sub / api_key_mgmt.user_id, else the database role

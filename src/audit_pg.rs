@@ -292,6 +292,18 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// `uuid_v7() RETURNS uuid` — internal: the default of `audit_log.id`.
+#[pg_extern(sql = false, volatile, parallel_safe)]
+fn uuid_v7() -> Uuid {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // An id needs uniqueness, not secrecy: the per-thread generator (seeded from the
+    // OS, reseeded after a fork) costs a fraction of pg_strong_random's OpenSSL call.
+    let random: [u8; 10] = rand::random();
+    Uuid::from_bytes(audit::uuid_v7(unix_ms, random))
+}
+
 /// `audit_queue_status() RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)`
 #[pg_extern(sql = false)]
 fn audit_queue_status() -> TableIterator<
