@@ -38,11 +38,6 @@ CREATE FUNCTION api_key_mgmt_internal.shmem_consume(ids uuid[], period_us bigint
 CREATE FUNCTION api_key_mgmt_internal.rate_limit_capacity() RETURNS bigint
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rate_limit_capacity_wrapper';
 
--- meter_row_valid(subject_id, tenant_id, key_id, daily_cap, monthly_cap, credits,
--- credits_refill, credits_refill_period) -> boolean: the meters row constraint.
-CREATE FUNCTION api_key_mgmt_internal.meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid,
-    daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text)
-    RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'meter_row_valid_wrapper';
 -- check_usage(units, provider, model, metadata, key_source): what a usage row records,
 -- checked alike by charge_api_key and settle_reservation (22004 NULL units, 22023).
 CREATE FUNCTION api_key_mgmt_internal.check_usage(units bigint, provider text, model text,
@@ -94,16 +89,19 @@ CREATE TABLE api_key_mgmt.meters (
     limit_period_us       bigint[],
     limit_max             integer[],
     limit_burst           integer[],
-    updated_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    -- Caps and refill >= 0; refill period 'day' or 'month'; refill and period set
-    -- together and only with credits; subject_id = COALESCE(key_id, tenant_id). One
-    -- Rust call (src/metering_pg.rs): CHECK expressions are rebuilt on every statement.
-    CONSTRAINT meters_valid CHECK (api_key_mgmt_internal.meter_row_valid(
-        subject_id, tenant_id, key_id, daily_cap, monthly_cap, credits, credits_refill,
-        credits_refill_period))
+    updated_at            timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE api_key_mgmt.meters IS
     'api_key_mgmt: caps, credits and running totals per key and per tenant';
+-- meter_row_valid(meter) -> boolean: the row constraint below. Caps and refill >= 0;
+-- refill period 'day' or 'month'; refill and period set together and only with
+-- credits; subject_id = COALESCE(key_id, tenant_id). One Rust call on the whole row
+-- (src/metering_pg.rs): the executor rebuilds CHECK expressions from their stored text
+-- on every statement, and a whole-row reference is the shortest such text.
+CREATE FUNCTION api_key_mgmt_internal.meter_row_valid(m api_key_mgmt.meters)
+    RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_meter_row_valid';
+ALTER TABLE api_key_mgmt.meters ADD CONSTRAINT meters_valid
+    CHECK (api_key_mgmt_internal.meter_row_valid(meters));
 CREATE INDEX meters_tenant_idx ON api_key_mgmt.meters (tenant_id);
 
 -- Named rate limits of a key (key_id set) or of a whole tenant.
@@ -505,6 +503,16 @@ $$;
 CREATE FUNCTION api_key_mgmt_internal.check_charge(p_key_id uuid, p_scope text, p_what text, p_cost numeric)
     RETURNS void IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_charge_wrapper';
 
+-- charge_is_quiet(cost, now, the key meter's totals, caps, credits and alert levels)
+-- -> whether charge_api_key may write the charge in two statements: no rollover due,
+-- it fits, and it crosses no alert threshold (src/metering.rs, charges_quietly).
+CREATE FUNCTION api_key_mgmt_internal.charge_is_quiet(p_cost numeric, p_now timestamptz,
+        daily_cap numeric, day_spent numeric, day_ends_at timestamptz,
+        monthly_cap numeric, month_spent numeric, month_ends_at timestamptz,
+        credits numeric, credits_refill_period text, credits_until timestamptz, credits_granted numeric,
+        day_alerted smallint, month_alerted smallint, credits_alerted smallint)
+    RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'charge_is_quiet_wrapper';
+
 -- meter_decide(key meter, tenant meter, cost, now) -> (code, remaining..., retry_after,
 -- refused_by: 'key' or 'tenant'). Both meters already rolled to now.
 CREATE FUNCTION api_key_mgmt_internal.meter_decide(k api_key_mgmt.meters, t api_key_mgmt.meters,
@@ -729,6 +737,7 @@ DECLARE
     v_now timestamptz;
     m record;
     v_tenant boolean;
+    v_tenant_id uuid;
     g record;
 BEGIN
     PERFORM api_key_mgmt_internal.check_charge(charge_api_key.key_id, charge_api_key.scope, 'cost', charge_api_key.cost);
@@ -741,6 +750,42 @@ BEGIN
         RAISE EXCEPTION 'rate_cost must not be NULL' USING ERRCODE = '22004';
     ELSIF charge_api_key.rate_cost NOT BETWEEN 0 AND 1000000 THEN
         RAISE EXCEPTION 'rate_cost must be 0 to 1000000' USING ERRCODE = '22023';
+    END IF;
+
+    -- The common case in two statements: no idempotency key, no rate limit to consult,
+    -- a tenant without a meter, no period ended, the charge fits and crosses no alert
+    -- threshold. The UPDATE takes the meter's row lock like key_meter() below and
+    -- re-checks its conditions on the newest row version when it had to wait, so the
+    -- caps stay exact under concurrency. Whatever it does not admit (no row updated)
+    -- takes the full path, which decides, refuses and alerts.
+    IF charge_api_key.idempotency_key IS NULL AND charge_api_key.rate_cost = 0 THEN
+        v_now := api_key_mgmt_internal.meter_now();
+        UPDATE api_key_mgmt.meters x
+           SET day_spent = x.day_spent + charge_api_key.cost,
+               month_spent = x.month_spent + charge_api_key.cost,
+               credits = x.credits - charge_api_key.cost
+         WHERE x.subject_id = charge_api_key.key_id
+           AND x.key_id IS NOT NULL
+           -- no rollover due, meter_decide admits it, meter_alerts would send nothing
+           AND api_key_mgmt_internal.charge_is_quiet(charge_api_key.cost, v_now,
+                   x.daily_cap, x.day_spent, x.day_ends_at, x.monthly_cap, x.month_spent, x.month_ends_at,
+                   x.credits, x.credits_refill_period, x.credits_until, x.credits_granted,
+                   x.day_alerted, x.month_alerted, x.credits_alerted)
+           -- the tenant has no meter (meters_now would find nothing to enforce)
+           AND NOT api_key_mgmt_internal.tenant_has_meter(x.tenant_id)
+        RETURNING x.tenant_id, x.daily_cap - x.day_spent, x.monthly_cap - x.month_spent, x.credits
+             INTO v_tenant_id, r.remaining_daily, r.remaining_monthly, r.remaining_credits;
+        IF FOUND THEN
+            INSERT INTO api_key_mgmt.usage_events (tenant_id, key_id, scope, provider, model, key_source,
+                                                   units, cost, idempotency_key, metadata, occurred_at)
+            VALUES (v_tenant_id, charge_api_key.key_id, charge_api_key.scope, charge_api_key.provider,
+                    charge_api_key.model, charge_api_key.key_source, charge_api_key.units,
+                    charge_api_key.cost, NULL, charge_api_key.metadata, v_now)
+            RETURNING id INTO r.event_id;
+            r.allowed := true;
+            r.code := 'ok';
+            RETURN r;
+        END IF;
     END IF;
 
     -- The key's meter lock serialises every charge of the key, replays included.

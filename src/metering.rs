@@ -256,6 +256,69 @@ pub fn thresholds_crossed(cap: Money, after: Money, already: u8) -> Option<u8> {
     (level > already).then_some(level)
 }
 
+/// A key's meter row as the two-statement path of `charge_api_key` sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuietMeter {
+    pub daily_cap: Option<Money>,
+    pub monthly_cap: Option<Money>,
+    pub day: Period,
+    pub month: Period,
+    pub credits: Option<Money>,
+    /// A refill period is set (credits are topped up at `credits_until`).
+    pub refills: bool,
+    pub credits_until: Option<Micros>,
+    pub credits_granted: Option<Money>,
+    /// Highest alert already sent: daily cap, monthly cap, credits.
+    pub alerted: [i16; 3],
+}
+
+/// Whether a charge of `cost` at `now` is one that `charge_api_key` may write in two
+/// statements: no period of the meter has ended (a rollover would change nothing), the
+/// charge fits the caps and the credits, and it crosses no alert threshold (the SQL's
+/// `alert_level` for caps; credits: 100 at or below zero, 20 at a fifth of the balance
+/// last granted). Anything else, or an amount out of [`Money`]'s range: `false`, and
+/// the full path decides.
+pub fn charges_quietly(m: &QuietMeter, cost: Money, now: Micros) -> bool {
+    let open = |p: &Period| p.ends_at.is_some_and(|end| now < end);
+    if !open(&m.day) || !open(&m.month) {
+        return false;
+    }
+    if m.refills && m.credits_until.is_none_or(|until| now >= until) {
+        return false;
+    }
+    let caps = [
+        (m.daily_cap, m.day.spent, m.alerted[0]),
+        (m.monthly_cap, m.month.spent, m.alerted[1]),
+    ];
+    for (cap, spent, alerted) in caps {
+        let Some(cap) = cap else { continue };
+        let Some(after) = spent.checked_add(cost) else {
+            return false;
+        };
+        let crossed = thresholds_crossed(cap, after, alerted.clamp(0, 100) as u8);
+        if after > cap || crossed.is_some() {
+            return false;
+        }
+    }
+    if let Some(credits) = m.credits {
+        let Some(left) = credits.checked_sub(cost) else {
+            return false;
+        };
+        let low = |granted: Money| granted.is_positive() && left.units() * 5 <= granted.units();
+        let level = if !left.is_positive() {
+            100
+        } else if m.credits_granted.is_some_and(low) {
+            20
+        } else {
+            0
+        };
+        if cost > credits || level > m.alerted[2] {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether `scope` may be charged: one concrete `area:action` of `[a-z0-9_.-]` characters, at most
 /// 200 characters (the SQL's `^[a-z0-9_.-]+:[a-z0-9_.-]+$`).
 pub fn charge_scope_ok(scope: &str) -> bool {
@@ -464,5 +527,132 @@ mod tests {
         }
         assert!(charge_scope_ok(&format!("a:{}", "b".repeat(198))));
         assert!(!charge_scope_ok(&format!("a:{}", "b".repeat(199))));
+    }
+
+    fn quiet(daily: &str, spent: &str, credits: Option<&str>, alerted: [i16; 3]) -> QuietMeter {
+        let day = Period {
+            spent: m(spent),
+            ends_at: Some(1_000),
+        };
+        QuietMeter {
+            daily_cap: (!daily.is_empty()).then(|| m(daily)),
+            monthly_cap: None,
+            day,
+            month: day,
+            credits: credits.map(m),
+            refills: false,
+            credits_until: None,
+            credits_granted: credits.map(m),
+            alerted,
+        }
+    }
+
+    #[test]
+    fn quiet_charges() {
+        let now = 500;
+        // Under 80 % of the cap: quiet; reaching 80 % or the cap, or passing it: not.
+        assert!(charges_quietly(
+            &quiet("10", "0", None, [0; 3]),
+            m("7.99"),
+            now
+        ));
+        assert!(!charges_quietly(
+            &quiet("10", "0", None, [0; 3]),
+            m("8"),
+            now
+        ));
+        assert!(!charges_quietly(
+            &quiet("10", "7", None, [0; 3]),
+            m("3.5"),
+            now
+        ));
+        // 80 % already alerted: quiet up to the cap, not at it.
+        assert!(charges_quietly(
+            &quiet("10", "8", None, [80, 0, 0]),
+            m("1.999"),
+            now
+        ));
+        assert!(!charges_quietly(
+            &quiet("10", "8", None, [80, 0, 0]),
+            m("2"),
+            now
+        ));
+        // No cap: anything (within range).
+        assert!(charges_quietly(
+            &quiet("", "123456", None, [0; 3]),
+            m("99999"),
+            now
+        ));
+        // A zero cap is at 100 % from the start.
+        assert!(!charges_quietly(
+            &quiet("0", "0", None, [0; 3]),
+            m("0"),
+            now
+        ));
+        // Credits: 20 % of the last grant and zero are alerts; more than the balance is refused.
+        assert!(charges_quietly(
+            &quiet("", "0", Some("10"), [0; 3]),
+            m("7.99"),
+            now
+        ));
+        assert!(!charges_quietly(
+            &quiet("", "0", Some("10"), [0; 3]),
+            m("8"),
+            now
+        ));
+        assert!(charges_quietly(
+            &quiet("", "0", Some("10"), [0, 0, 20]),
+            m("9.5"),
+            now
+        ));
+        assert!(!charges_quietly(
+            &quiet("", "0", Some("10"), [0, 0, 20]),
+            m("10"),
+            now
+        ));
+        assert!(!charges_quietly(
+            &quiet("", "0", Some("10"), [0, 0, 100]),
+            m("10.5"),
+            now
+        ));
+        // An ended period (or one never started) is the full path's rollover.
+        assert!(!charges_quietly(
+            &quiet("10", "0", None, [0; 3]),
+            m("1"),
+            1_000
+        ));
+        let mut fresh = quiet("10", "0", None, [0; 3]);
+        fresh.day.ends_at = None;
+        assert!(!charges_quietly(&fresh, m("1"), now));
+        // A refill due: full path.
+        let mut refill = quiet("", "0", Some("10"), [0; 3]);
+        refill.refills = true;
+        refill.credits_until = Some(600);
+        assert!(charges_quietly(&refill, m("1"), now));
+        assert!(!charges_quietly(&refill, m("1"), 600));
+    }
+
+    proptest! {
+        /// A quiet charge is one the budget decision admits, on a meter with open periods.
+        #[test]
+        fn quiet_charges_are_admitted(cap in 0i64..1_000, spent in 0i64..1_000, cost in 0i64..1_000,
+                                      credits in proptest::option::of(0i64..1_000)) {
+            let mut q = quiet("1", "0", None, [0; 3]);
+            q.daily_cap = Some(Money::from_units(cap as i128 * 1_000_000));
+            q.day.spent = Money::from_units(spent as i128 * 1_000_000);
+            q.credits = credits.map(|c| Money::from_units(c as i128 * 1_000_000));
+            q.credits_granted = q.credits;
+            let cost = Money::from_units(cost as i128 * 1_000_000);
+            if charges_quietly(&q, cost, 500) {
+                let meter = Meter {
+                    daily_cap: q.daily_cap,
+                    day: q.day,
+                    month: q.month,
+                    credits: q.credits,
+                    ..Meter::default()
+                };
+                prop_assert_eq!(decide(&[&meter], 500, cost).0, Code::Ok);
+            }
+        }
     }
 }

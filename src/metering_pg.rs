@@ -322,14 +322,59 @@ pub unsafe fn report(
 
 /// `meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid, daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text) RETURNS boolean`
 ///
-/// The `meters` row constraint in one call: caps and refill not negative, a refill
-/// period of `day` or `month`, refill and period set together and only with credits,
-/// and the subject is the key (key meters) or the tenant. One CHECK calling this
-/// instead of seven: the executor rebuilds every CHECK expression of a table from its
-/// stored text on each UPDATE or INSERT statement, which was about 15 % of a charge.
-#[pg_extern(sql = false, immutable, parallel_safe)]
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_akm_meter_row_valid() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `meter_row_valid(m api_key_mgmt.meters) RETURNS boolean` — the `meters` row
+/// constraint in one call: caps and refill not negative, a refill period of `day` or
+/// `month`, refill and period set together and only with credits, and the subject is
+/// the key (key meters) or the tenant. One CHECK on the whole row instead of seven: the
+/// executor rebuilds every CHECK expression of a table from its stored text on each
+/// UPDATE or INSERT statement, and that text grows with every column it names.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn akm_meter_row_valid(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let Some(row) = pgrx::fcinfo::pg_getarg_datum(fcinfo, 0) else {
+            return pg_sys::Datum::from(true);
+        };
+        let row = pg_sys::pg_detoast_datum(row.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+        let field = |name: &std::ffi::CStr| {
+            let mut isnull = false;
+            let d = pg_sys::GetAttributeByName(row, name.as_ptr(), &mut isnull);
+            (d, isnull)
+        };
+        let uuid = |name| {
+            let (d, n) = field(name);
+            Uuid::from_datum(d, n)
+        };
+        let numeric = |name| {
+            let (d, n) = field(name);
+            AnyNumeric::from_datum(d, n)
+        };
+        let (period, n) = field(c"credits_refill_period");
+        let period = String::from_datum(period, n);
+        pg_sys::Datum::from(meter_row_ok(
+            uuid(c"subject_id"),
+            uuid(c"tenant_id"),
+            uuid(c"key_id"),
+            numeric(c"daily_cap"),
+            numeric(c"monthly_cap"),
+            numeric(c"credits"),
+            numeric(c"credits_refill"),
+            period.as_deref(),
+        ))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-fn meter_row_valid(
+fn meter_row_ok(
     subject_id: Option<Uuid>,
     tenant_id: Option<Uuid>,
     key_id: Option<Uuid>,
@@ -348,6 +393,77 @@ fn meter_row_valid(
         && subject_id == key_id.or(tenant_id)
         && credits_refill.is_none() == credits_refill_period.is_none()
         && (credits_refill.is_none() || credits.is_some())
+}
+
+/// `charge_is_quiet(cost numeric, now timestamptz, daily_cap numeric, day_spent numeric, day_ends_at timestamptz, monthly_cap numeric, month_spent numeric, month_ends_at timestamptz, credits numeric, credits_refill_period text, credits_until timestamptz, credits_granted numeric, day_alerted smallint, month_alerted smallint, credits_alerted smallint) RETURNS boolean`
+///
+/// The condition of `charge_api_key`'s two-statement path on a key meter row
+/// ([`metering::charges_quietly`]): one call in the UPDATE's WHERE clause instead of a
+/// dozen SQL expressions that the executor would set up on every charge.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
+fn charge_is_quiet(
+    cost: Option<AnyNumeric>,
+    now: Option<TimestampWithTimeZone>,
+    daily_cap: Option<AnyNumeric>,
+    day_spent: Option<AnyNumeric>,
+    day_ends_at: Option<TimestampWithTimeZone>,
+    monthly_cap: Option<AnyNumeric>,
+    month_spent: Option<AnyNumeric>,
+    month_ends_at: Option<TimestampWithTimeZone>,
+    credits: Option<AnyNumeric>,
+    credits_refill_period: Option<&str>,
+    credits_until: Option<TimestampWithTimeZone>,
+    credits_granted: Option<AnyNumeric>,
+    day_alerted: Option<i16>,
+    month_alerted: Option<i16>,
+    credits_alerted: Option<i16>,
+) -> bool {
+    // `None`: NULL; `Some(None)`: out of Money's range (the full path decides).
+    let money = |n: Option<AnyNumeric>| n.map(|n| Money::parse(&n.to_string()));
+    let micros = |t: Option<TimestampWithTimeZone>| t.map(TimestampWithTimeZone::into_inner);
+    let (Some(Some(cost)), Some(now)) = (money(cost), micros(now)) else {
+        return false;
+    };
+    let (daily_cap, monthly_cap, credits, credits_granted) = (
+        money(daily_cap),
+        money(monthly_cap),
+        money(credits),
+        money(credits_granted),
+    );
+    let (Some(Some(day_spent)), Some(Some(month_spent))) = (money(day_spent), money(month_spent))
+    else {
+        return false;
+    };
+    let in_range = |v: &Option<Option<Money>>| !matches!(v, Some(None));
+    if ![daily_cap, monthly_cap, credits, credits_granted]
+        .iter()
+        .all(in_range)
+    {
+        return false;
+    }
+    let meter = metering::QuietMeter {
+        daily_cap: daily_cap.flatten(),
+        monthly_cap: monthly_cap.flatten(),
+        day: Period {
+            spent: day_spent,
+            ends_at: micros(day_ends_at),
+        },
+        month: Period {
+            spent: month_spent,
+            ends_at: micros(month_ends_at),
+        },
+        credits: credits.flatten(),
+        refills: credits_refill_period.is_some(),
+        credits_until: micros(credits_until),
+        credits_granted: credits_granted.flatten(),
+        alerted: [
+            day_alerted.unwrap_or(0),
+            month_alerted.unwrap_or(0),
+            credits_alerted.unwrap_or(0),
+        ],
+    };
+    metering::charges_quietly(&meter, cost, now)
 }
 
 /// `check_amount(what text, value numeric, nullable boolean) RETURNS void`

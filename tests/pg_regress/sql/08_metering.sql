@@ -302,3 +302,86 @@ SELECT regress.try(format('UPDATE api_key_mgmt.meters SET credits = NULL, credit
 SELECT regress.try(format('UPDATE api_key_mgmt.meters SET subject_id = tenant_id WHERE key_id = %L', :'k'));
 SELECT regress.try(format('UPDATE api_key_mgmt.meters SET daily_cap = 0, monthly_cap = 1, credits = 5, credits_refill = 1, credits_refill_period = %L WHERE key_id = %L', 'month', :'k'));
 SELECT api_key_mgmt.set_key_caps(:'k');
+
+-- The two-statement path of charge_api_key (no idempotency key, no rate cost, a tenant
+-- without a meter, no period ended, the charge fits and sends no alert) answers and
+-- writes exactly what the full path does. The same charges go to twin keys; an
+-- idempotency key sends one twin's through the full path every time. Pair c: caps and
+-- credits refilled daily; pair o: credits only.
+SET api_key_mgmt.clock_override = '2030-03-10 08:00:00+00';
+SELECT api_key_mgmt.create_tenant('Twins', '{*}', 'twins') AS tw \gset
+SELECT pg_catalog.set_config('regress.' || pair || '_' || path, k.key_id::text, false) IS NOT NULL AS issued
+  FROM (VALUES ('c'), ('o')) p(pair), (VALUES ('fast'), ('full')) q(path),
+       LATERAL api_key_mgmt.issue_api_key(:'tw', pair || ' ' || path, '{agents:*}') k;
+SELECT api_key_mgmt.set_key_caps(pg_catalog.current_setting('regress.c_' || path)::uuid, daily_cap => 10,
+           monthly_cap => 24, credits => 12, credits_refill => 12, credits_refill_period => 'day'),
+       api_key_mgmt.set_key_caps(pg_catalog.current_setting('regress.o_' || path)::uuid, credits => 5)
+  FROM (VALUES ('fast'), ('full')) q(path);
+CREATE TEMP TABLE twin_steps (pair text, n int, at timestamptz, cost numeric);
+INSERT INTO twin_steps VALUES
+    ('c', 1, '2030-03-10 08:00+00', 1), ('c', 2, '2030-03-10 08:00+00', 2.5),
+    ('c', 3, '2030-03-10 09:00+00', 0.5), ('c', 4, '2030-03-10 09:00+00', 3),
+    ('c', 5, '2030-03-10 10:00+00', 1.5), ('c', 6, '2030-03-10 10:00+00', 0.5),
+    ('c', 7, '2030-03-10 11:00+00', 2), ('c', 8, '2030-03-10 11:00+00', 1),
+    ('c', 9, '2030-03-10 12:00+00', 0.1), ('c', 10, '2030-03-11 00:00:01+00', 1),
+    ('c', 11, '2030-03-11 01:00+00', 4), ('c', 12, '2030-03-11 02:00+00', 2.5),
+    ('c', 13, '2030-03-11 03:00+00', 2), ('c', 14, '2030-03-11 04:00+00', 0.5),
+    ('c', 15, '2030-03-12 09:00+00', 3), ('c', 16, '2030-03-12 10:00+00', 1.5),
+    ('c', 17, '2030-03-12 11:00+00', 0.01),
+    ('o', 1, '2030-03-12 12:00+00', 2), ('o', 2, '2030-03-12 12:00+00', 2),
+    ('o', 3, '2030-03-12 12:00+00', 2), ('o', 4, '2030-03-12 12:00+00', 0.5),
+    ('o', 5, '2030-03-12 12:00+00', 0.5), ('o', 6, '2030-03-12 12:00+00', 0.01);
+CREATE TEMP TABLE twin_out (pair text, n int, path text, allowed boolean, code text,
+    remaining_daily numeric, remaining_monthly numeric, remaining_credits numeric, retry_after interval);
+SET track_functions = 'pl';
+BEGIN;
+DO $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN SELECT * FROM twin_steps ORDER BY pair, n LOOP
+        PERFORM pg_catalog.set_config('api_key_mgmt.clock_override', s.at::text, true);
+        INSERT INTO twin_out
+        SELECT s.pair, s.n, 'fast', c.allowed, c.code, c.remaining_daily, c.remaining_monthly,
+               c.remaining_credits, c.retry_after
+          FROM api_key_mgmt.charge_api_key(pg_catalog.current_setting('regress.' || s.pair || '_fast')::uuid,
+                                           'agents:chat', s.cost) c;
+        INSERT INTO twin_out
+        SELECT s.pair, s.n, 'full', c.allowed, c.code, c.remaining_daily, c.remaining_monthly,
+               c.remaining_credits, c.retry_after
+          FROM api_key_mgmt.charge_api_key(pg_catalog.current_setting('regress.' || s.pair || '_full')::uuid,
+                                           'agents:chat', s.cost, idempotency_key => 'twin-' || s.n) c;
+    END LOOP;
+END
+$$;
+-- 23 charges per twin; the full path ran for all 23 of one twin and 13 of the other.
+SELECT calls AS full_path_charges FROM pg_catalog.pg_stat_xact_user_functions
+ WHERE schemaname = 'api_key_mgmt_internal' AND funcname = 'key_meter';
+COMMIT;
+RESET track_functions;
+SELECT pair, n, allowed, code, remaining_daily, remaining_monthly, remaining_credits, retry_after
+  FROM twin_out WHERE path = 'fast' ORDER BY pair, n;
+SELECT count(*) AS answers_that_differ
+  FROM twin_out f JOIN twin_out u USING (pair, n)
+ WHERE f.path = 'fast' AND u.path = 'full'
+   AND (f.allowed, f.code, f.remaining_daily, f.remaining_monthly, f.remaining_credits, f.retry_after)
+       IS DISTINCT FROM (u.allowed, u.code, u.remaining_daily, u.remaining_monthly, u.remaining_credits, u.retry_after);
+SELECT p.pair,
+       (SELECT row(m.day_spent, m.day_ends_at, m.month_spent, m.month_ends_at, m.credits, m.credits_until,
+                   m.credits_granted, m.day_alerted, m.month_alerted, m.credits_alerted)::text
+          FROM api_key_mgmt.meters m WHERE m.key_id = pg_catalog.current_setting('regress.' || p.pair || '_fast')::uuid) AS fast_meter,
+       (SELECT row(m.day_spent, m.day_ends_at, m.month_spent, m.month_ends_at, m.credits, m.credits_until,
+                   m.credits_granted, m.day_alerted, m.month_alerted, m.credits_alerted)::text
+          FROM api_key_mgmt.meters m WHERE m.key_id = pg_catalog.current_setting('regress.' || p.pair || '_full')::uuid)
+       = (SELECT row(m.day_spent, m.day_ends_at, m.month_spent, m.month_ends_at, m.credits, m.credits_until,
+                   m.credits_granted, m.day_alerted, m.month_alerted, m.credits_alerted)::text
+          FROM api_key_mgmt.meters m WHERE m.key_id = pg_catalog.current_setting('regress.' || p.pair || '_fast')::uuid)
+         AS full_meter_alike
+  FROM (VALUES ('c'), ('o')) p(pair);
+SELECT e.key_id = pg_catalog.current_setting('regress.' || p.pair || '_fast')::uuid AS fast, p.pair,
+       count(*) AS events, sum(e.cost) AS cost, min(e.occurred_at) AS first, max(e.occurred_at) AS last
+  FROM api_key_mgmt.usage_events e, (VALUES ('c'), ('o')) p(pair)
+ WHERE e.key_id IN (pg_catalog.current_setting('regress.' || p.pair || '_fast')::uuid,
+                    pg_catalog.current_setting('regress.' || p.pair || '_full')::uuid)
+ GROUP BY 1, 2 ORDER BY 2, 1;
+RESET api_key_mgmt.clock_override;
