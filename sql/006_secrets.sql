@@ -362,7 +362,7 @@ CREATE FUNCTION api_key_mgmt.get_tenant_secret(
     model text DEFAULT NULL,
     environment text DEFAULT 'prod'
 ) RETURNS text
-    VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_get_tenant_secret_wrapper';
+    VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_get_tenant_secret';
 
 -- resolve_provider_key(tenant_id, provider, scope, model, environment) -> provider_key
 -- The same resolution, with where the secret came from (model | tenant | platform),

@@ -14,7 +14,7 @@
 -- 42501 wrong environment, 54000 no uses left (see README, Agent access).
 CREATE FUNCTION api_key_mgmt.resolve_proxy_token(token text, environment text DEFAULT NULL)
     RETURNS text VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    LANGUAGE c AS 'MODULE_PATHNAME', 'resolve_proxy_token_wrapper';
+    LANGUAGE c AS 'MODULE_PATHNAME', 'akm_resolve_proxy_token';
 -- agent_decision(risk_level, auto_approve_medium) -> text: approved | pending.
 CREATE FUNCTION api_key_mgmt_internal.agent_decision(risk_level text, auto_approve_medium boolean)
     RETURNS text IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'agent_decision_wrapper';

@@ -227,11 +227,34 @@ fn lookup_by_id(
     )
 }
 
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_akm_resolve_proxy_token() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
 /// `resolve_proxy_token(token text, environment text) RETURNS text` — the secret behind
 /// a proxy token, counting one use; refusals as in [`Refusal`]. Granted to
-/// `api_key_mgmt_service` only.
-#[pg_extern(sql = false, volatile)]
-fn resolve_proxy_token(token: Option<&str>, environment: Option<&str>) -> String {
+/// `api_key_mgmt_service` only. A raw function so that the result is made straight
+/// from the wiped plaintext buffer, with no Rust `String` copy left behind.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn akm_resolve_proxy_token(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        use pgrx::fcinfo::pg_getarg;
+        let plaintext =
+            resolve_proxy_token(pg_getarg::<&str>(fcinfo, 0), pg_getarg::<&str>(fcinfo, 1));
+        crate::secrets_pg::plaintext_text(&plaintext)
+    }
+}
+
+fn resolve_proxy_token(
+    token: Option<&str>,
+    environment: Option<&str>,
+) -> zeroize::Zeroizing<Vec<u8>> {
     let Some(token) = token else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -319,13 +342,5 @@ fn resolve_proxy_token(token: Option<&str>, environment: Option<&str>) -> String
     if used.is_none() {
         refuse(Refusal::Exhausted, tenant, Some(token_id));
     }
-    let plaintext = crate::secrets_pg::open_row(&secret);
-    match std::str::from_utf8(&plaintext) {
-        Ok(s) => s.to_owned(),
-        Err(_) => raise(
-            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-            "a stored secret is not valid UTF-8",
-            "",
-        ),
-    }
+    crate::secrets_pg::open_row(&secret)
 }

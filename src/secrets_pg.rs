@@ -516,23 +516,51 @@ fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
     );
 }
 
-/// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`
-#[pg_extern(sql = false)]
-fn akm_get_tenant_secret(
-    tenant_id: Option<Uuid>,
-    provider: Option<&str>,
-    scope: Option<&str>,
-    model: Option<&str>,
-    environment: Option<&str>,
-) -> Option<String> {
-    let resolved = resolve(tenant_id, provider, scope, model, environment)?;
-    match std::str::from_utf8(&resolved.plaintext) {
-        Ok(s) => Some(s.to_owned()),
+/// A secret's plaintext as a `text` datum, made straight from the buffer (which its
+/// owner wipes): no Rust `String` copy of it is left in freed memory. `XX001` when it
+/// is not UTF-8.
+pub(crate) fn plaintext_text(plaintext: &[u8]) -> pg_sys::Datum {
+    match std::str::from_utf8(plaintext) {
+        Ok(s) => s.into_datum().expect("text datum"),
         Err(_) => raise(
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
             "a stored secret is not valid UTF-8",
             "",
         ),
+    }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_akm_get_tenant_secret() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`
+/// — raw, like `resolve_provider_key`, so that the result is made from the wiped
+/// plaintext buffer directly.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn akm_get_tenant_secret(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        use pgrx::fcinfo::pg_getarg;
+        let resolved = resolve(
+            pg_getarg::<Uuid>(fcinfo, 0),
+            pg_getarg::<&str>(fcinfo, 1),
+            pg_getarg::<&str>(fcinfo, 2),
+            pg_getarg::<&str>(fcinfo, 3),
+            pg_getarg::<&str>(fcinfo, 4),
+        );
+        match resolved {
+            Some(r) => plaintext_text(&r.plaintext),
+            None => {
+                (*fcinfo).isnull = true;
+                pg_sys::Datum::from(0usize)
+            }
+        }
     }
 }
 
@@ -560,14 +588,7 @@ pub unsafe extern "C-unwind" fn akm_resolve_provider_key(
         );
         let mut out = ResultRow::<7>::default();
         if let Some(r) = resolved {
-            let Ok(secret) = std::str::from_utf8(&r.plaintext) else {
-                raise(
-                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                    "a stored secret is not valid UTF-8",
-                    "",
-                )
-            };
-            out.set(0, secret.into_datum());
+            out.set(0, Some(plaintext_text(&r.plaintext)));
             out.set(1, r.source.as_str().into_datum());
             out.set(2, r.row.datum("id"));
             out.set(3, r.row.datum("tenant_id"));
