@@ -1960,7 +1960,8 @@ fn secret_key_file_reload() {
 
     // Version 2 added, active, in the same file (rewritten in place).
     let inode = std::fs::metadata(&file.path).unwrap().ino();
-    file.rewrite(vec![v1.clone(), MasterKey::random(2)], Some(2));
+    let v2 = MasterKey::random(2);
+    file.rewrite(vec![v1.clone(), v2.clone()], Some(2));
     assert_eq!(std::fs::metadata(&file.path).unwrap().ino(), inode);
     assert_eq!(
         try_rotate_master_key(&mut c).unwrap(),
@@ -2005,6 +2006,24 @@ fn secret_key_file_reload() {
     assert_eq!(key_check(&mut other), from_hex);
     assert_eq!(
         get_secret(&mut other, None, "anthropic", None),
-        Some(platform)
+        Some(platform.clone())
     );
+
+    // An edit in place reaches reads within a second, also in a session that already
+    // read under the edited version (reads trust the file they looked at for up to a
+    // second, to spare a stat() per read): version 1 replaced by another key.
+    assert_eq!(
+        get_secret(&mut c, None, "anthropic", None),
+        Some(platform.clone())
+    );
+    file.rewrite(vec![MasterKey::random(1), v2.clone()], Some(2));
+    thread::sleep(Duration::from_millis(1100));
+    let refused = try_get_secret(&mut c, None, "anthropic", None);
+    assert_eq!(sqlstate(&refused.unwrap_err()), "28000");
+    // Storing looks at the file at once; version 2 is unchanged, so it still works.
+    put_secret(&mut c, t, "openai", &openai_secret(), Some("gpt-4o"));
+    // The file restored: version 1 reads again.
+    file.rewrite(vec![v1.clone(), v2], Some(2));
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get_secret(&mut c, None, "anthropic", None), Some(platform));
 }
