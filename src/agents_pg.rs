@@ -227,12 +227,7 @@ fn lookup_by_id(
     )
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_akm_resolve_proxy_token() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_akm_resolve_proxy_token);
 
 /// `resolve_proxy_token(token text, environment text) RETURNS text` — the secret behind
 /// a proxy token, counting one use; refusals as in [`Refusal`]. Granted to

@@ -9,6 +9,21 @@
 
 use pgrx::prelude::*;
 
+/// `finfo_v1!(pg_finfo_<symbol>)`: the V1 calling-convention record Postgres looks up
+/// for a raw `extern "C-unwind" fn <symbol>(fcinfo)` (the hand-written hot-path and
+/// secret-returning functions; `#[pg_extern]` emits its own).
+macro_rules! finfo_v1 {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $name() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record =
+                pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
 pub mod agents;
 pub mod agents_pg;
 pub mod audit;

@@ -320,14 +320,7 @@ pub unsafe fn report(
     out
 }
 
-/// `meter_row_valid(subject_id uuid, tenant_id uuid, key_id uuid, daily_cap numeric, monthly_cap numeric, credits numeric, credits_refill numeric, credits_refill_period text) RETURNS boolean`
-///
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_akm_meter_row_valid() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_akm_meter_row_valid);
 
 /// `meter_row_valid(m api_key_mgmt.meters) RETURNS boolean` — the `meters` row
 /// constraint in one call: caps and refill not negative, a refill period of `day` or

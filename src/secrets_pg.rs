@@ -530,12 +530,7 @@ pub(crate) fn plaintext_text(plaintext: &[u8]) -> pg_sys::Datum {
     }
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_akm_get_tenant_secret() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_akm_get_tenant_secret);
 
 /// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`
 /// — raw, like `resolve_provider_key`, so that the result is made from the wiped
@@ -564,12 +559,7 @@ pub unsafe extern "C-unwind" fn akm_get_tenant_secret(
     }
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_akm_resolve_provider_key() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_akm_resolve_provider_key);
 
 /// `resolve_provider_key(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS provider_key`
 #[pg_guard]

@@ -47,12 +47,7 @@ const O_RETRY_AFTER: usize = 13;
 /// Largest `cost` (rate-limit tokens) one validation may consume.
 const MAX_COST: i32 = 1_000_000;
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_akm_validate_api_key() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_akm_validate_api_key);
 
 /// `validate_api_key(api_key text, scope text, provider text, model text, cost integer) RETURNS key_validation`
 #[pg_guard]
