@@ -16,7 +16,7 @@ use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
 use std::time::{Duration, Instant};
 
-use crate::errors::raise;
+use crate::errors::{raise, required};
 
 fn refusal_code(r: Refusal) -> PgSqlErrorCode {
     match r {
@@ -250,13 +250,7 @@ fn resolve_proxy_token(
     token: Option<&str>,
     environment: Option<&str>,
 ) -> zeroize::Zeroizing<Vec<u8>> {
-    let Some(token) = token else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "token must not be NULL",
-            "",
-        )
-    };
+    let token = required(token, "token");
     if let Some(e) = environment {
         if agents::token_env(e).is_none() {
             raise(

@@ -33,6 +33,11 @@ impl Error {
     }
 }
 
+/// `value`, or ERROR 22004 "`what` must not be NULL".
+pub fn required<T>(value: Option<T>, what: &'static str) -> T {
+    value.unwrap_or_else(|| Error::NullValue(what).raise())
+}
+
 /// Raise a Postgres ERROR with `code`, `message` and a `hint` ("" for none); does not
 /// return. The one way the extension's Rust raises: a message carries names, ids and
 /// limits, never a key or a secret.

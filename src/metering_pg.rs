@@ -3,7 +3,7 @@
 //! rate limits (read from `api_key_mgmt.meters` by direct index probes, no write).
 
 use crate::catalog::{self, Row};
-use crate::errors::raise;
+use crate::errors::{raise, required};
 use crate::metering::{self, Meter, Money, Period, Refill, Remaining};
 use crate::ratelimit::{self, Decision, Limit};
 use crate::ratelimit_pg;
@@ -193,10 +193,15 @@ pub struct Report {
     pub retry_after: Option<Micros>,
 }
 
+/// A `numeric` as [`Money`]; `None` when it is out of range (too large, more than
+/// [`metering::SCALE`] decimals, NaN or infinite).
+fn to_money(n: &AnyNumeric) -> Option<Money> {
+    Money::parse(&n.to_string())
+}
+
 fn money(row: &Row, col: &str) -> Option<Money> {
     row.get::<AnyNumeric>(col).map(|n| {
-        Money::parse(&n.to_string())
-            .unwrap_or_else(|| pgrx::error!("api_key_mgmt: meters.{col} is out of range"))
+        to_money(&n).unwrap_or_else(|| pgrx::error!("api_key_mgmt: meters.{col} is out of range"))
     })
 }
 
@@ -413,7 +418,7 @@ fn charge_is_quiet(
     credits_alerted: Option<i16>,
 ) -> bool {
     // `None`: NULL; `Some(None)`: out of Money's range (the full path decides).
-    let money = |n: Option<AnyNumeric>| n.map(|n| Money::parse(&n.to_string()));
+    let money = |n: Option<AnyNumeric>| n.as_ref().map(to_money);
     let micros = |t: Option<TimestampWithTimeZone>| t.map(TimestampWithTimeZone::into_inner);
     let (Some(Some(cost)), Some(now)) = (money(cost), micros(now)) else {
         return false;
@@ -470,7 +475,7 @@ fn check_amount(what: Option<&str>, value: Option<AnyNumeric>, nullable: Option<
     match value {
         None if nullable != Some(true) => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL"), ""
         ),
-        Some(v) if !matches!(Money::parse(&v.to_string()), Some(m) if m >= Money::ZERO) => {
+        Some(v) if !matches!(to_money(&v), Some(m) if m >= Money::ZERO) => {
             raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places"), ""
             )
         }
@@ -488,20 +493,8 @@ fn check_charge(
     what: Option<&str>,
     cost: Option<AnyNumeric>,
 ) {
-    if key_id.is_none() {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "key_id must not be NULL",
-            "",
-        );
-    }
-    let Some(scope) = scope else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "scope must not be NULL",
-            "",
-        )
-    };
+    required(key_id, "key_id");
+    let scope = required(scope, "scope");
     if !metering::charge_scope_ok(scope) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use zeroize::Zeroizing;
 
-use crate::errors::raise;
+use crate::errors::{raise, required};
 
 /// The key file as last read by this backend, which versions were checked against
 /// their recorded key-check values since, and the data keys derived from them (HKDF is
@@ -362,20 +362,8 @@ fn resolve(
     model: Option<&str>,
     environment: Option<&str>,
 ) -> Option<Resolved> {
-    let Some(provider) = provider else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "provider must not be NULL",
-            "",
-        )
-    };
-    let Some(scope) = scope else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "scope must not be NULL",
-            "",
-        )
-    };
+    let provider = required(provider, "provider");
+    let scope = required(scope, "scope");
     if !scopes::is_concrete(scope) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -383,16 +371,11 @@ fn resolve(
             "",
         );
     }
-    let environment = match environment {
-        Some(e @ ("dev" | "staging" | "prod")) => e,
-        Some(_) => raise(
+    let environment = match required(environment, "environment") {
+        e @ ("dev" | "staging" | "prod") => e,
+        _ => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "environment must be 'dev', 'staging' or 'prod'",
-            "",
-        ),
-        None => raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "environment must not be NULL",
             "",
         ),
     };
@@ -530,6 +513,24 @@ pub(crate) fn plaintext_text(plaintext: &[u8]) -> pg_sys::Datum {
     }
 }
 
+/// [`resolve`] with the arguments of a raw call of `get_tenant_secret` or
+/// `resolve_provider_key` (tenant_id, provider, scope, model, environment).
+///
+/// # Safety
+/// `fcinfo` must be a call of one of those two functions.
+unsafe fn resolve_call(fcinfo: pg_sys::FunctionCallInfo) -> Option<Resolved> {
+    use pgrx::fcinfo::pg_getarg;
+    unsafe {
+        resolve(
+            pg_getarg::<Uuid>(fcinfo, 0),
+            pg_getarg::<&str>(fcinfo, 1),
+            pg_getarg::<&str>(fcinfo, 2),
+            pg_getarg::<&str>(fcinfo, 3),
+            pg_getarg::<&str>(fcinfo, 4),
+        )
+    }
+}
+
 finfo_v1!(pg_finfo_akm_get_tenant_secret);
 
 /// `get_tenant_secret(tenant_id uuid, provider text, scope text, model text, environment text) RETURNS text`
@@ -541,14 +542,7 @@ pub unsafe extern "C-unwind" fn akm_get_tenant_secret(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        use pgrx::fcinfo::pg_getarg;
-        let resolved = resolve(
-            pg_getarg::<Uuid>(fcinfo, 0),
-            pg_getarg::<&str>(fcinfo, 1),
-            pg_getarg::<&str>(fcinfo, 2),
-            pg_getarg::<&str>(fcinfo, 3),
-            pg_getarg::<&str>(fcinfo, 4),
-        );
+        let resolved = resolve_call(fcinfo);
         match resolved {
             Some(r) => plaintext_text(&r.plaintext),
             None => {
@@ -568,14 +562,7 @@ pub unsafe extern "C-unwind" fn akm_resolve_provider_key(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        use pgrx::fcinfo::pg_getarg;
-        let resolved = resolve(
-            pg_getarg::<Uuid>(fcinfo, 0),
-            pg_getarg::<&str>(fcinfo, 1),
-            pg_getarg::<&str>(fcinfo, 2),
-            pg_getarg::<&str>(fcinfo, 3),
-            pg_getarg::<&str>(fcinfo, 4),
-        );
+        let resolved = resolve_call(fcinfo);
         let mut out = ResultRow::<7>::default();
         if let Some(r) = resolved {
             out.set(0, Some(plaintext_text(&r.plaintext)));
