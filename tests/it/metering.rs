@@ -57,6 +57,18 @@ fn numeric(c: &mut Client, sql: &str, args: &[&(dyn postgres::types::ToSql + Syn
         .unwrap_or_default()
 }
 
+fn rate_limit_mode(c: &mut Client) -> String {
+    c.query_one("SELECT api_key_mgmt.rate_limit_mode()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// `c` with `api_key_mgmt.clock_override` set by the statement `clock`.
+fn at_clock(mut c: Client, clock: &str) -> Client {
+    c.batch_execute(clock).unwrap();
+    c
+}
+
 /// 40 connections charge one key far beyond its cap: the admitted charges add up to
 /// the cap exactly, never more; the running totals and the log agree. Then two keys of
 /// a tenant with a tenant cap of 35 and charges of 0.7.
@@ -291,11 +303,7 @@ fn validate_code(c: &mut Client, key: &str, cost: i32) -> String {
 fn metering_rate_limit_shared_memory() {
     let db = TestDb::new("it_meter_rl_shmem");
     let mut main = db.connect();
-    let mode: String = main
-        .query_one("SELECT api_key_mgmt.rate_limit_mode()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(mode, "shared_memory");
+    assert_eq!(rate_limit_mode(&mut main), "shared_memory");
     let tenant = create_tenant(&mut main, "limited");
     let key = issue_key(&mut main, &tenant);
     main.execute(
@@ -304,13 +312,7 @@ fn metering_rate_limit_shared_memory() {
     )
     .unwrap();
     let clock = "SET api_key_mgmt.clock_override = '2031-05-05 10:00:00+00'";
-    let conns: Vec<Client> = (0..8)
-        .map(|_| {
-            let mut c = db.connect();
-            c.batch_execute(clock).unwrap();
-            c
-        })
-        .collect();
+    let conns: Vec<Client> = (0..8).map(|_| at_clock(db.connect(), clock)).collect();
     let writes_before: i64 = main
         .query_one("SELECT n_tup_upd + n_tup_ins FROM pg_stat_user_tables WHERE relname = 'rate_limit_state'", &[])
         .unwrap()
@@ -352,11 +354,7 @@ fn metering_rate_limit_shared_memory() {
 fn metering_validate_and_charge_rate_limited_under_concurrency() {
     let db = TestDb::new("it_meter_vac");
     let mut main = db.connect();
-    let mode: String = main
-        .query_one("SELECT api_key_mgmt.rate_limit_mode()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(mode, "shared_memory");
+    assert_eq!(rate_limit_mode(&mut main), "shared_memory");
     let tenant = create_tenant(&mut main, "charged and limited");
     let key = issue_key(&mut main, &tenant);
     main.execute(
@@ -370,13 +368,7 @@ fn metering_validate_and_charge_rate_limited_under_concurrency() {
     )
     .unwrap();
     let clock = "SET api_key_mgmt.clock_override = '2031-06-01 10:00:00+00'";
-    let conns: Vec<Client> = (0..16)
-        .map(|_| {
-            let mut c = db.connect();
-            c.batch_execute(clock).unwrap();
-            c
-        })
-        .collect();
+    let conns: Vec<Client> = (0..16).map(|_| at_clock(db.connect(), clock)).collect();
     let sql = "SELECT allowed, code, retry_after IS NOT NULL \
                FROM api_key_mgmt.validate_and_charge($1, 'agents:chat', 1)";
     let answers: Vec<Vec<(bool, String, bool)>> = concurrently(conns, |c, _| {
@@ -457,11 +449,7 @@ fn metering_rate_limit_table_fallback() {
     let connect = || Client::connect(&info, NoTls).unwrap();
     let mut main = connect();
     main.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
-    let mode: String = main
-        .query_one("SELECT api_key_mgmt.rate_limit_mode()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(mode, "table");
+    assert_eq!(rate_limit_mode(&mut main), "table");
     let tenant = create_tenant(&mut main, "limited");
     let key = issue_key(&mut main, &tenant);
     main.execute(
@@ -470,13 +458,7 @@ fn metering_rate_limit_table_fallback() {
     )
     .unwrap();
     let clock = "SET api_key_mgmt.clock_override = '2031-05-05 10:00:00+00'";
-    let conns: Vec<Client> = (0..8)
-        .map(|_| {
-            let mut c = connect();
-            c.batch_execute(clock).unwrap();
-            c
-        })
-        .collect();
+    let conns: Vec<Client> = (0..8).map(|_| at_clock(connect(), clock)).collect();
     let ok: Vec<usize> = concurrently(conns, |c, _| {
         (0..3)
             .filter(|_| {
