@@ -503,15 +503,6 @@ $$;
 CREATE FUNCTION api_key_mgmt_internal.check_charge(p_key_id uuid, p_scope text, p_what text, p_cost numeric)
     RETURNS void IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_charge_wrapper';
 
--- charge_is_quiet(cost, now, the key meter's totals, caps, credits and alert levels)
--- -> whether charge_api_key may write the charge in two statements: no rollover due,
--- it fits, and it crosses no alert threshold (src/metering.rs, charges_quietly).
-CREATE FUNCTION api_key_mgmt_internal.charge_is_quiet(p_cost numeric, p_now timestamptz,
-        daily_cap numeric, day_spent numeric, day_ends_at timestamptz,
-        monthly_cap numeric, month_spent numeric, month_ends_at timestamptz,
-        credits numeric, credits_refill_period text, credits_until timestamptz, credits_granted numeric,
-        day_alerted smallint, month_alerted smallint, credits_alerted smallint)
-    RETURNS boolean IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'charge_is_quiet_wrapper';
 
 -- meter_decide(key meter, tenant meter, cost, now) -> (code, remaining..., retry_after,
 -- refused_by: 'key' or 'tenant'). Both meters already rolled to now.
@@ -716,7 +707,30 @@ $$;
 -- rate limit of the key and its tenant has rate_cost tokens left: 'rate_limited'
 -- otherwise), updating their totals and logging a usage event; all of it commits or
 -- rolls back with the caller's transaction (tokens taken in shared memory stay taken).
+--
+-- Rust (src/charge_pg.rs), with the caller's rights: it checks the arguments and makes
+-- the common charge itself (no idempotency key, no rate cost, a tenant without a
+-- meter, no period ended, the charge fits and sends no alert): the meter row locked
+-- and updated and the usage row inserted through the table access method, no SQL
+-- statement. Every other charge goes to charge_api_key_full below. EXECUTE is the gate.
 CREATE FUNCTION api_key_mgmt.charge_api_key(
+    key_id uuid,
+    scope text,
+    cost numeric,
+    units bigint DEFAULT 1,
+    provider text DEFAULT NULL,
+    model text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL,
+    key_source text DEFAULT NULL,
+    rate_cost integer DEFAULT 0
+) RETURNS api_key_mgmt.charge_result
+    VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'akm_charge_api_key';
+
+-- charge_api_key_full(the arguments of charge_api_key) -> charge_result: every charge
+-- charge_api_key does not make itself (idempotency keys, rate costs, tenant meters,
+-- rollovers, refusals, alerts).
+CREATE FUNCTION api_key_mgmt_internal.charge_api_key_full(
     key_id uuid,
     scope text,
     cost numeric,
@@ -737,65 +751,17 @@ DECLARE
     v_now timestamptz;
     m record;
     v_tenant boolean;
-    v_tenant_id uuid;
     g record;
 BEGIN
-    PERFORM api_key_mgmt_internal.check_charge(charge_api_key.key_id, charge_api_key.scope, 'cost', charge_api_key.cost);
-    PERFORM api_key_mgmt_internal.check_usage(charge_api_key.units, charge_api_key.provider, charge_api_key.model,
-                                              charge_api_key.metadata, charge_api_key.key_source);
-    IF charge_api_key.idempotency_key IS NOT NULL THEN
-        PERFORM api_key_mgmt_internal.check_text('idempotency_key', charge_api_key.idempotency_key, 200);
-    END IF;
-    IF charge_api_key.rate_cost IS NULL THEN
-        RAISE EXCEPTION 'rate_cost must not be NULL' USING ERRCODE = '22004';
-    ELSIF charge_api_key.rate_cost NOT BETWEEN 0 AND 1000000 THEN
-        RAISE EXCEPTION 'rate_cost must be 0 to 1000000' USING ERRCODE = '22023';
-    END IF;
-
-    -- The common case in two statements: no idempotency key, no rate limit to consult,
-    -- a tenant without a meter, no period ended, the charge fits and crosses no alert
-    -- threshold. The UPDATE takes the meter's row lock like key_meter() below and
-    -- re-checks its conditions on the newest row version when it had to wait, so the
-    -- caps stay exact under concurrency. Whatever it does not admit (no row updated)
-    -- takes the full path, which decides, refuses and alerts.
-    IF charge_api_key.idempotency_key IS NULL AND charge_api_key.rate_cost = 0 THEN
-        v_now := api_key_mgmt_internal.meter_now();
-        UPDATE api_key_mgmt.meters x
-           SET day_spent = x.day_spent + charge_api_key.cost,
-               month_spent = x.month_spent + charge_api_key.cost,
-               credits = x.credits - charge_api_key.cost
-         WHERE x.subject_id = charge_api_key.key_id
-           AND x.key_id IS NOT NULL
-           -- no rollover due, meter_decide admits it, meter_alerts would send nothing
-           AND api_key_mgmt_internal.charge_is_quiet(charge_api_key.cost, v_now,
-                   x.daily_cap, x.day_spent, x.day_ends_at, x.monthly_cap, x.month_spent, x.month_ends_at,
-                   x.credits, x.credits_refill_period, x.credits_until, x.credits_granted,
-                   x.day_alerted, x.month_alerted, x.credits_alerted)
-           -- the tenant has no meter (meters_now would find nothing to enforce)
-           AND NOT api_key_mgmt_internal.tenant_has_meter(x.tenant_id)
-        RETURNING x.tenant_id, x.daily_cap - x.day_spent, x.monthly_cap - x.month_spent, x.credits
-             INTO v_tenant_id, r.remaining_daily, r.remaining_monthly, r.remaining_credits;
-        IF FOUND THEN
-            INSERT INTO api_key_mgmt.usage_events (tenant_id, key_id, scope, provider, model, key_source,
-                                                   units, cost, idempotency_key, metadata, occurred_at)
-            VALUES (v_tenant_id, charge_api_key.key_id, charge_api_key.scope, charge_api_key.provider,
-                    charge_api_key.model, charge_api_key.key_source, charge_api_key.units,
-                    charge_api_key.cost, NULL, charge_api_key.metadata, v_now)
-            RETURNING id INTO r.event_id;
-            r.allowed := true;
-            r.code := 'ok';
-            RETURN r;
-        END IF;
-    END IF;
-
+    -- charge_api_key checked the arguments.
     -- The key's meter lock serialises every charge of the key, replays included.
-    k := api_key_mgmt_internal.key_meter(charge_api_key.key_id);
-    IF charge_api_key.idempotency_key IS NOT NULL THEN
+    k := api_key_mgmt_internal.key_meter(charge_api_key_full.key_id);
+    IF charge_api_key_full.idempotency_key IS NOT NULL THEN
         SELECT i.allowed, 'duplicate', i.remaining_daily, i.remaining_monthly, i.remaining_credits,
                i.retry_after, i.event_id, NULL::uuid
           INTO r
           FROM api_key_mgmt.usage_idempotency i
-         WHERE i.key_id = charge_api_key.key_id AND i.idempotency_key = charge_api_key.idempotency_key;
+         WHERE i.key_id = charge_api_key_full.key_id AND i.idempotency_key = charge_api_key_full.idempotency_key;
         IF FOUND THEN
             RETURN r;
         END IF;
@@ -807,14 +773,14 @@ BEGIN
     t := m.t;
     v_tenant := m.tenant;
 
-    d := api_key_mgmt_internal.meter_decide(k, t, charge_api_key.cost, v_now);
+    d := api_key_mgmt_internal.meter_decide(k, t, charge_api_key_full.cost, v_now);
     r.code := d.code;
     r.allowed := d.code = 'ok';
     r.retry_after := d.retry_after;
-    IF r.allowed AND charge_api_key.rate_cost > 0 THEN
+    IF r.allowed AND charge_api_key_full.rate_cost > 0 THEN
         -- Tokens are taken only for a charge the caps admit. A rate-limited attempt is
         -- not kept under its idempotency key: the client retries it after retry_after.
-        SELECT * INTO g FROM api_key_mgmt.consume_rate_limit(charge_api_key.key_id, charge_api_key.rate_cost) c;
+        SELECT * INTO g FROM api_key_mgmt.consume_rate_limit(charge_api_key_full.key_id, charge_api_key_full.rate_cost) c;
         IF NOT g.allowed THEN
             r.allowed := false;
             r.code := 'rate_limited';
@@ -826,19 +792,19 @@ BEGIN
         END IF;
     END IF;
     IF r.allowed THEN
-        k := api_key_mgmt_internal.meter_spend(k, charge_api_key.cost, v_now);
+        k := api_key_mgmt_internal.meter_spend(k, charge_api_key_full.cost, v_now);
         IF v_tenant THEN
-            t := api_key_mgmt_internal.meter_spend(t, charge_api_key.cost, v_now);
+            t := api_key_mgmt_internal.meter_spend(t, charge_api_key_full.cost, v_now);
         END IF;
         INSERT INTO api_key_mgmt.usage_events (tenant_id, key_id, scope, provider, model, key_source,
                                                units, cost, idempotency_key, metadata, occurred_at)
-        VALUES (k.tenant_id, k.key_id, charge_api_key.scope, charge_api_key.provider, charge_api_key.model,
-                charge_api_key.key_source, charge_api_key.units, charge_api_key.cost,
-                charge_api_key.idempotency_key, charge_api_key.metadata, v_now)
+        VALUES (k.tenant_id, k.key_id, charge_api_key_full.scope, charge_api_key_full.provider, charge_api_key_full.model,
+                charge_api_key_full.key_source, charge_api_key_full.units, charge_api_key_full.cost,
+                charge_api_key_full.idempotency_key, charge_api_key_full.metadata, v_now)
         RETURNING id INTO r.event_id;
-        r.remaining_daily := d.remaining_daily - charge_api_key.cost;
-        r.remaining_monthly := d.remaining_monthly - charge_api_key.cost;
-        r.remaining_credits := d.remaining_credits - charge_api_key.cost;
+        r.remaining_daily := d.remaining_daily - charge_api_key_full.cost;
+        r.remaining_monthly := d.remaining_monthly - charge_api_key_full.cost;
+        r.remaining_credits := d.remaining_credits - charge_api_key_full.cost;
     ELSE
         -- Hitting the wall is the 100% alert, once per period; other meters unchanged.
         PERFORM api_key_mgmt_internal.refusal_alert(CASE d.refused_by WHEN 'key' THEN k ELSE t END, v_now, d.code);
@@ -846,10 +812,10 @@ BEGIN
         r.remaining_monthly := d.remaining_monthly;
         r.remaining_credits := d.remaining_credits;
     END IF;
-    IF charge_api_key.idempotency_key IS NOT NULL THEN
+    IF charge_api_key_full.idempotency_key IS NOT NULL THEN
         INSERT INTO api_key_mgmt.usage_idempotency (key_id, idempotency_key, allowed, code, remaining_daily,
                                                     remaining_monthly, remaining_credits, retry_after, event_id, created_at)
-        VALUES (charge_api_key.key_id, charge_api_key.idempotency_key, r.allowed, r.code, r.remaining_daily,
+        VALUES (charge_api_key_full.key_id, charge_api_key_full.idempotency_key, r.allowed, r.code, r.remaining_daily,
                 r.remaining_monthly, r.remaining_credits, r.retry_after, r.event_id, v_now);
     END IF;
     RETURN r;

@@ -203,9 +203,27 @@ pub fn uuid_v7(unix_ms: u64, random: [u8; 10]) -> [u8; 16] {
     id
 }
 
+/// A random (version 4) UUID from 16 random bytes, as `gen_random_uuid()` makes.
+pub fn uuid_v4(random: [u8; 16]) -> [u8; 16] {
+    let mut id = random;
+    id[6] = 0x40 | (id[6] & 0x0f);
+    id[8] = 0x80 | (id[8] & 0x3f);
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_v4_layout() {
+        let id = uuid_v4([0xff; 16]);
+        assert_eq!((id[6], id[8]), (0x4f, 0xbf), "version 4, variant 10");
+        let zero = uuid_v4([0; 16]);
+        assert_eq!((zero[6], zero[8]), (0x40, 0x80));
+        assert_eq!(&zero[..6], &[0; 6]);
+        assert_eq!(&id[9..], &[0xff; 7]);
+    }
     use serde_json::json;
 
     fn read<'a>(provider: &'a str, ua: Option<&'a str>) -> Read<'a> {

@@ -115,8 +115,13 @@ fn cached(name: &'static CStr) -> Cached {
     entry
 }
 
+/// OID of `api_key_mgmt.<name>` (a table or an index), cached per backend.
+pub fn oid(name: &'static CStr) -> pg_sys::Oid {
+    cached(name).oid
+}
+
 /// Column names of an open table, cached with its OID.
-unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[String]> {
+pub(crate) unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[String]> {
     if let Some(n) = CACHE.with(|c| c.borrow().get(name).and_then(|e| e.names.clone())) {
         return n;
     }
@@ -367,8 +372,11 @@ pub fn scan_all(table: &'static CStr) -> Vec<Row> {
 /// name resolved through the caller's `search_path` (LookupFuncName would check USAGE
 /// on the schema, which callers of the extension's invoker-rights functions lack). A
 /// `SECURITY DEFINER` function then runs as its owner with its own `search_path`.
-/// `args`: (type OID, value; `None` for NULL). The result is ignored.
-pub fn call_internal(name: &CStr, args: &[(pg_sys::Oid, Option<pg_sys::Datum>)]) {
+/// `args`: (type OID, value; `None` for NULL). Returns the result, `None` for NULL.
+pub fn call_internal(
+    name: &CStr,
+    args: &[(pg_sys::Oid, Option<pg_sys::Datum>)],
+) -> Option<pg_sys::Datum> {
     unsafe {
         let namespace = pg_sys::get_namespace_oid(c"api_key_mgmt_internal".as_ptr(), false);
         let types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
@@ -401,7 +409,9 @@ pub fn call_internal(name: &CStr, args: &[(pg_sys::Oid, Option<pg_sys::Datum>)])
             slot.isnull = value.is_none();
         }
         let func = flinfo.fn_addr.expect("fmgr_info sets fn_addr");
-        pg_sys::ffi::pg_guard_ffi_boundary(|| func(fcinfo));
+        let result = pg_sys::ffi::pg_guard_ffi_boundary(|| func(fcinfo));
+        let isnull = (*fcinfo).isnull;
         pg_sys::pfree(fcinfo.cast());
+        (!isnull).then_some(result)
     }
 }

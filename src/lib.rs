@@ -29,6 +29,7 @@ pub mod agents_pg;
 pub mod audit;
 pub mod audit_pg;
 pub mod catalog;
+pub mod charge_pg;
 pub mod crypto;
 pub mod errors;
 pub mod failures;

@@ -393,14 +393,12 @@ fn meter_row_ok(
         && (credits_refill.is_none() || credits.is_some())
 }
 
-/// `charge_is_quiet(cost numeric, now timestamptz, daily_cap numeric, day_spent numeric, day_ends_at timestamptz, monthly_cap numeric, month_spent numeric, month_ends_at timestamptz, credits numeric, credits_refill_period text, credits_until timestamptz, credits_granted numeric, day_alerted smallint, month_alerted smallint, credits_alerted smallint) RETURNS boolean`
-///
-/// The condition of `charge_api_key`'s two-statement path on a key meter row
-/// ([`metering::charges_quietly`]): one call in the UPDATE's WHERE clause instead of a
-/// dozen SQL expressions that the executor would set up on every charge.
-#[pg_extern(sql = false, immutable, parallel_safe)]
+/// Whether a key meter row (its totals, caps, credits and alert levels, as SQL values)
+/// takes a charge of `cost` at `now` quietly ([`metering::charges_quietly`]): the
+/// condition of the native charge in `charge_pg`. Values out of [`Money`]'s range say
+/// no (the full path decides).
 #[allow(clippy::too_many_arguments)]
-fn charge_is_quiet(
+pub(crate) fn charge_is_quiet(
     cost: Option<AnyNumeric>,
     now: Option<TimestampWithTimeZone>,
     daily_cap: Option<AnyNumeric>,
@@ -519,6 +517,23 @@ fn check_usage(
     metadata: Option<pgrx::JsonB>,
     key_source: Option<&str>,
 ) {
+    check_usage_values(
+        units,
+        provider,
+        model,
+        metadata.map(|j| j.0.is_object()),
+        key_source,
+    );
+}
+
+/// [`check_usage`] with the metadata given as whether it is a JSON object.
+fn check_usage_values(
+    units: Option<i64>,
+    provider: Option<&str>,
+    model: Option<&str>,
+    metadata_is_object: Option<bool>,
+    key_source: Option<&str>,
+) {
     let bad = |m: String| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m, "");
     match units {
         None => raise(
@@ -536,10 +551,50 @@ fn check_usage(
     if model.is_some_and(|m| !crate::scopes::valid_model(m)) {
         bad("model must be 1 to 200 visible ASCII characters".into());
     }
-    if metadata.is_some_and(|j| !j.0.is_object()) {
+    if metadata_is_object == Some(false) {
         bad("metadata must be a JSON object".into());
     }
     if key_source.is_some_and(|k| k != "byok" && k != "platform") {
         bad("key_source must be byok or platform".into());
+    }
+}
+
+/// The argument checks of `charge_api_key`, in the order of its plpgsql full path:
+/// `check_charge`, `check_usage`, then the idempotency key (22023 unless 1 to 200
+/// characters) and `rate_cost` (22004 NULL, 22023 outside 0 to 1000000).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_charge_args(
+    key_id: Option<Uuid>,
+    scope: Option<&str>,
+    cost: Option<AnyNumeric>,
+    units: Option<i64>,
+    provider: Option<&str>,
+    model: Option<&str>,
+    idempotency_key: Option<&str>,
+    metadata_is_object: Option<bool>,
+    key_source: Option<&str>,
+    rate_cost: Option<i32>,
+) {
+    check_charge(key_id, scope, Some("cost"), cost);
+    check_usage_values(units, provider, model, metadata_is_object, key_source);
+    if idempotency_key.is_some_and(|k| !(1..=200).contains(&k.chars().count())) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "idempotency_key must be 1 to 200 characters long",
+            "",
+        );
+    }
+    match rate_cost {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "rate_cost must not be NULL",
+            "",
+        ),
+        Some(r) if !(0..=1_000_000).contains(&r) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "rate_cost must be 0 to 1000000",
+            "",
+        ),
+        _ => {}
     }
 }

@@ -301,5 +301,10 @@ fn key_facts(row: &Row) -> KeyFacts {
 #[pg_extern(sql = false, stable, parallel_safe)]
 fn tenant_has_meter(tenant_id: Option<pgrx::Uuid>) -> bool {
     let Some(t) = tenant_id else { return false };
-    tenant_facts(t.into_datum().expect("uuid datum")).metered
+    tenant_metered(t.into_datum().expect("uuid datum"))
+}
+
+/// [`tenant_has_meter`] for a uuid datum of an existing tenant.
+pub(crate) fn tenant_metered(tenant_id: pg_sys::Datum) -> bool {
+    tenant_facts(tenant_id).metered
 }

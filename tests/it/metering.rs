@@ -4,7 +4,7 @@
 //! table fallback (a second, small cluster without `shared_preload_libraries`).
 
 use crate::common::sql::*;
-use crate::common::{Cluster, TestDb};
+use crate::common::{wait_until, Cluster, TestDb};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 use std::sync::{Barrier, OnceLock};
@@ -501,4 +501,97 @@ fn metering_rate_limit_table_fallback() {
     };
     assert!(allowed(&mut main));
     assert!(!allowed(&mut main));
+}
+
+/// The native charge (src/charge_pg.rs) locks the meter row as UPDATE does. In READ
+/// COMMITTED a charge waits for another transaction's charge of the same key and then
+/// adds to the newest total; in REPEATABLE READ, a key charged by a transaction that
+/// committed after the snapshot was taken gets 40001, as an UPDATE of the row would.
+#[test]
+fn metering_native_charge_locks_like_update() {
+    let db = TestDb::new("it_meter_native");
+    let mut main = db.connect();
+    let tenant = create_tenant(&mut main, "native");
+    let key = issue_key(&mut main, &tenant);
+    main.execute(
+        "SELECT api_key_mgmt.set_key_caps($1::text::uuid, daily_cap => 100)",
+        &[&key.id],
+    )
+    .unwrap();
+    let spent = |c: &mut Client| {
+        numeric(
+            c,
+            "SELECT day_spent FROM api_key_mgmt.meters WHERE key_id = $1::text::uuid",
+            &[&key.id],
+        )
+    };
+
+    let mut a = db.connect();
+    let mut b = db.connect();
+    let b_pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    a.batch_execute("BEGIN").unwrap();
+    assert_eq!(charge(&mut a, &key.id, "1"), (true, "ok".to_string()));
+    let remaining = thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            b.query_one(
+                "SELECT remaining_daily::text FROM api_key_mgmt.charge_api_key($1::text::uuid, 'agents:chat', 2)",
+                &[&key.id],
+            )
+            .unwrap()
+            .get::<_, String>(0)
+        });
+        wait_until(
+            "the second charge waits for the row lock",
+            Duration::from_secs(30),
+            || {
+                let wait: Option<String> = main
+                    .query_one(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
+                        &[&b_pid],
+                    )
+                    .unwrap()
+                    .get(0);
+                wait.as_deref() == Some("Lock")
+            },
+        );
+        assert_eq!(spent(&mut main), "0", "nothing committed yet");
+        a.batch_execute("COMMIT").unwrap();
+        waiter.join().unwrap()
+    });
+    assert_eq!(
+        remaining, "97",
+        "the waiting charge added to the committed total"
+    );
+    assert_eq!(spent(&mut main), "3");
+
+    // REPEATABLE READ: a snapshot older than the last charge cannot charge the key.
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    assert_eq!(charge(&mut main, &key.id, "1"), (true, "ok".to_string()));
+    let err = a
+        .query_one(
+            "SELECT allowed FROM api_key_mgmt.charge_api_key($1::text::uuid, 'agents:chat', 1)",
+            &[&key.id],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err:?}"
+    );
+    a.batch_execute("ROLLBACK").unwrap();
+    // A newer snapshot charges it, and sees its own charge.
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    assert_eq!(charge(&mut a, &key.id, "5"), (true, "ok".to_string()));
+    assert_eq!(spent(&mut a), "9");
+    assert_eq!(charge(&mut a, &key.id, "1"), (true, "ok".to_string()));
+    a.batch_execute("COMMIT").unwrap();
+    assert_eq!(spent(&mut main), "10");
+    let events = numeric(
+        &mut main,
+        "SELECT count(*) FROM api_key_mgmt.usage_events WHERE key_id = $1::text::uuid",
+        &[&key.id],
+    );
+    assert_eq!(events, "5");
 }

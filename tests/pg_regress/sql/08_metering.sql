@@ -385,3 +385,123 @@ SELECT e.key_id = pg_catalog.current_setting('regress.' || p.pair || '_fast')::u
                     pg_catalog.current_setting('regress.' || p.pair || '_full')::uuid)
  GROUP BY 1, 2 ORDER BY 2, 1;
 RESET api_key_mgmt.clock_override;
+
+-- The native charge (src/charge_pg.rs): the meter row locked and updated and the usage
+-- row inserted through the table access method, with no SQL statement. Two charges of
+-- one key in one statement each see the one before; a savepoint rolls one back; rows
+-- land in their month's partition; none of these takes the full path.
+SET api_key_mgmt.clock_override = '2030-06-15 12:00:00+00';
+SELECT api_key_mgmt.create_usage_partitions(0) >= 0 AS june_partition;
+SELECT api_key_mgmt.create_tenant('Native', '{*}', 'native') AS nt \gset
+SELECT key_id AS nk FROM api_key_mgmt.issue_api_key(:'nt', 'native', '{agents:*}') \gset
+SELECT api_key_mgmt.set_key_caps(:'nk', daily_cap => 1000, monthly_cap => 10000, credits => 500);
+SET track_functions = 'pl';
+-- Function call counts of the current transaction (exact inside one: statistics are
+-- flushed only between transactions).
+CREATE FUNCTION regress.full_path_calls() RETURNS bigint LANGUAGE sql AS $$
+    SELECT coalesce(sum(calls), 0) FROM pg_catalog.pg_stat_xact_user_functions
+     WHERE schemaname = 'api_key_mgmt_internal' AND funcname = 'charge_api_key_full'
+$$;
+BEGIN;
+SELECT regress.full_path_calls() AS before \gset
+SELECT (api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 1.5)).remaining_credits AS first,
+       (api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 2, 3, 'openai', 'gpt-4o',
+            metadata => '{"run": 7}', key_source => 'byok')).remaining_credits AS second;
+SAVEPOINT s;
+SELECT code, remaining_daily FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 100);
+ROLLBACK TO SAVEPOINT s;
+SELECT allowed, code, remaining_daily, remaining_monthly, remaining_credits, retry_after,
+       event_id IS NOT NULL AS logged, reservation_id
+  FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.5);
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+COMMIT;
+SELECT e.tableoid::regclass AS partition, e.scope, e.cost, e.units, e.provider, e.model,
+       e.key_source, e.metadata, e.idempotency_key, e.reservation_id, e.occurred_at,
+       e.tenant_id = :'nt' AS tenant, pg_catalog.substr(e.id::text, 15, 1) AS uuid_version
+  FROM api_key_mgmt.usage_events e WHERE e.key_id = :'nk' ORDER BY e.cost;
+SELECT day_spent, month_spent, credits, day_alerted, credits_alerted
+  FROM api_key_mgmt.meters WHERE key_id = :'nk';
+
+-- Many updates of one meter in one transaction fill its page (no version can be pruned
+-- yet), so the row moves to another page: those updates are not HOT and add index
+-- entries. Every index still finds the row, and amcheck finds each heap tuple in every
+-- index. (0 * i: a new argument per row, so the function is called 200 times.)
+CREATE EXTENSION amcheck;
+SELECT (ctid::text::point)[0] AS block_before FROM api_key_mgmt.meters WHERE key_id = :'nk' \gset
+BEGIN;
+SELECT regress.full_path_calls() AS before \gset
+SELECT count(*) AS charged FROM generate_series(1, 200) i,
+       LATERAL api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.01 + 0 * i) c WHERE c.allowed;
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+COMMIT;
+SELECT (ctid::text::point)[0] <> :block_before AS moved_to_another_page
+  FROM api_key_mgmt.meters WHERE key_id = :'nk';
+SET enable_seqscan = off;
+SELECT day_spent, credits FROM api_key_mgmt.meters WHERE subject_id = :'nk';
+SELECT day_spent FROM api_key_mgmt.meters WHERE key_id = :'nk';
+SELECT count(*) FROM api_key_mgmt.meters WHERE tenant_id = :'nt';
+RESET enable_seqscan;
+SELECT count(*) AS indexes_checked
+  FROM (SELECT bt_index_check(i.indexrelid, true) FROM pg_index i
+         WHERE i.indrelid = 'api_key_mgmt.meters'::regclass) s;
+SELECT count(*) AS partition_indexes_checked
+  FROM (SELECT bt_index_check(i.indexrelid, true) FROM pg_index i
+         WHERE i.indrelid = 'api_key_mgmt.usage_events_y2030m06'::regclass) s;
+DROP EXTENSION amcheck;
+
+-- Tables the native charge does not fully know take the full path: a user's trigger on
+-- the usage log fires, a column added with a default gets it, a CHECK added to meters
+-- holds. Once they are gone the native charge is back.
+CREATE TABLE regress.usage_seen (cost numeric);
+CREATE FUNCTION regress.usage_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO regress.usage_seen VALUES (NEW.cost);
+    RETURN NULL;
+END
+$$;
+BEGIN;
+SELECT regress.full_path_calls() AS before \gset
+CREATE TRIGGER usage_seen AFTER INSERT ON api_key_mgmt.usage_events
+    FOR EACH ROW EXECUTE FUNCTION regress.usage_seen();
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.25);
+DROP TRIGGER usage_seen ON api_key_mgmt.usage_events;
+ALTER TABLE api_key_mgmt.usage_events ADD COLUMN region text NOT NULL DEFAULT 'eu';
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.26);
+SELECT region, count(*) FROM api_key_mgmt.usage_events WHERE key_id = :'nk' GROUP BY 1;
+ALTER TABLE api_key_mgmt.usage_events DROP COLUMN region;
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.27);
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+ALTER TABLE api_key_mgmt.meters ADD CONSTRAINT regress_small
+    CHECK (key_id IS DISTINCT FROM :'nk' OR day_spent < 10);
+SAVEPOINT s;
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 20)', :'nk', 'agents:chat'));
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.28);
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+ALTER TABLE api_key_mgmt.meters DROP CONSTRAINT regress_small;
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk', 'agents:chat', 0.29);
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+COMMIT;
+SELECT cost AS seen_by_trigger FROM regress.usage_seen;
+SELECT cost FROM api_key_mgmt.usage_events WHERE key_id = :'nk' AND cost > 0.2 ORDER BY cost;
+
+-- A month without a partition: the full path writes to the default partition (the
+-- executor checks that partition's constraint against concurrent attaches).
+SELECT key_id AS nk2 FROM api_key_mgmt.issue_api_key(:'nt', 'native 2', '{agents:*}') \gset
+SELECT api_key_mgmt.set_key_caps(:'nk2', daily_cap => 1000);
+SET api_key_mgmt.clock_override = '2031-06-15 12:00:00+00';
+BEGIN;
+SELECT regress.full_path_calls() AS before \gset
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk2', 'agents:chat', 1);
+SELECT code FROM api_key_mgmt.charge_api_key(:'nk2', 'agents:chat', 2);
+SELECT regress.full_path_calls() - :before AS full_path_charges;
+COMMIT;
+SELECT tableoid::regclass AS partition, cost FROM api_key_mgmt.usage_events
+ WHERE key_id = :'nk2' ORDER BY cost;
+RESET track_functions;
+
+-- Read-only transactions cannot charge.
+BEGIN READ ONLY;
+SELECT regress.try(format('SELECT api_key_mgmt.charge_api_key(%L, %L, 1)', :'nk', 'agents:chat'));
+ROLLBACK;
+RESET api_key_mgmt.clock_override;
