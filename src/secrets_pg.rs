@@ -6,7 +6,7 @@
 //! no error or message here carries it, a key, or the key file's path.
 
 use crate::audit::{self, Source};
-use crate::catalog::{self, Key, Row};
+use crate::catalog::{self, Key, Row, Stamp};
 use crate::crypto::{self, CryptoError, MasterKeys};
 use crate::result_row::ResultRow;
 use crate::scopes;
@@ -16,6 +16,7 @@ use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
+use std::rc::Rc;
 use zeroize::Zeroizing;
 
 use crate::errors::{raise, required};
@@ -232,19 +233,47 @@ fn crypto_error(e: CryptoError, secret_id: Uuid) -> ! {
 /// A stored secret row, decrypted. The plaintext is wiped when dropped. Also used by
 /// `resolve_proxy_token` (src/agents_pg.rs).
 pub(crate) fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
-    let id: Uuid = row.get("id").expect("id is NOT NULL");
-    let tenant: Option<Uuid> = row.get("tenant_id");
-    let provider: String = row.get("provider").expect("provider is NOT NULL");
-    let version: i32 = row.get("key_version").expect("key_version is NOT NULL");
-    let nonce: Vec<u8> = row.get("nonce").expect("nonce is NOT NULL");
-    let ciphertext: Vec<u8> = row.get("ciphertext").expect("ciphertext is NOT NULL");
-    with_keyring_for_read(version, |ring| {
-        let t = tenant_bytes(tenant);
-        let dek = data_key(ring, version, t);
-        let aad = crypto::aad(t.as_ref(), id.as_bytes(), &provider, version);
-        match crypto::decrypt(dek, &nonce, &ciphertext, &aad) {
+    open_sealed(&Sealed::of(row))
+}
+
+/// What decrypting a stored secret and reporting it needs, copied out of its row (so a
+/// backend can keep it between calls: ciphertext, never plaintext).
+pub(crate) struct Sealed {
+    id: Uuid,
+    tenant: Option<Uuid>,
+    provider: String,
+    model: Option<String>,
+    environment: String,
+    scopes: Vec<String>,
+    version: i32,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl Sealed {
+    fn of(row: &Row) -> Sealed {
+        Sealed {
+            id: row.get("id").expect("id is NOT NULL"),
+            tenant: row.get("tenant_id"),
+            provider: row.get("provider").expect("provider is NOT NULL"),
+            model: row.get("model"),
+            environment: row.get("environment").expect("environment is NOT NULL"),
+            scopes: row.get("scopes").unwrap_or_default(),
+            version: row.get("key_version").expect("key_version is NOT NULL"),
+            nonce: row.get("nonce").expect("nonce is NOT NULL"),
+            ciphertext: row.get("ciphertext").expect("ciphertext is NOT NULL"),
+        }
+    }
+}
+
+fn open_sealed(s: &Sealed) -> Zeroizing<Vec<u8>> {
+    with_keyring_for_read(s.version, |ring| {
+        let t = tenant_bytes(s.tenant);
+        let dek = data_key(ring, s.version, t);
+        let aad = crypto::aad(t.as_ref(), s.id.as_bytes(), &s.provider, s.version);
+        match crypto::decrypt(dek, &s.nonce, &s.ciphertext, &aad) {
             Ok(p) => Zeroizing::new(p),
-            Err(e) => crypto_error(e, id),
+            Err(e) => crypto_error(e, s.id),
         }
     })
 }
@@ -329,9 +358,55 @@ fn secret_preview(secret: &str) -> String {
 }
 
 struct Resolved {
-    row: Row,
+    secret: Rc<Sealed>,
     source: Source,
     plaintext: Zeroizing<Vec<u8>>,
+}
+
+/// Where a resolution starts: (tenant, provider, model, environment).
+type Slot = (Option<[u8; 16]>, String, Option<String>, String);
+
+/// Secrets found at the first place their resolution looks, per backend, with the row
+/// version they were copied from and the catalog generation they were read under.
+type SecretCache = (u64, HashMap<Slot, (Stamp, Rc<Sealed>)>);
+
+thread_local! {
+    static SECRETS: RefCell<SecretCache> = RefCell::new((0, HashMap::new()));
+}
+
+/// Cached secrets per backend before the cache is emptied and filled again.
+const SECRET_CACHE: usize = 4096;
+
+/// The cached secret of `slot` if its row version is still the one the current
+/// snapshot sees (one heap fetch by TID instead of the index probe). Only secrets
+/// found at the first place a resolution looks are cached: nothing can come before
+/// them, so a visible cached version is exactly what the probe would return.
+fn cached_secret(slot: &Slot) -> Option<Rc<Sealed>> {
+    let generation = catalog::generation();
+    let (stamp, secret) = SECRETS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != generation {
+            *c = (generation, HashMap::new());
+        }
+        c.1.get(slot).cloned()
+    })?;
+    catalog::still_visible(c"tenant_secrets", stamp, "id", secret.id.as_bytes()).then_some(secret)
+}
+
+fn cache_secret(slot: Slot, stamp: Stamp, secret: Rc<Sealed>) {
+    SECRETS.with(|c| {
+        let mut c = c.borrow_mut();
+        // A probe may have run catalog invalidations: keep the entry only if the
+        // generation it was read under is still current.
+        if c.0 != catalog::generation() {
+            *c = (catalog::generation(), HashMap::new());
+        } else {
+            if c.1.len() >= SECRET_CACHE {
+                c.1.clear();
+            }
+            c.1.insert(slot, (stamp, secret));
+        }
+    });
 }
 
 /// The resolution order: the tenant's secret for the model, the tenant's for the
@@ -381,36 +456,53 @@ fn resolve(
     };
     let provider_datum = provider.into_datum();
     let env_datum = environment.into_datum();
-    for (t, m, source) in candidates(tenant, model) {
-        // In the order of the index's columns (tenant_id, provider, model, environment).
-        let keys = [
-            Key {
-                column: "tenant_id",
-                value: t.and_then(IntoDatum::into_datum),
-                eq_proc: pg_sys::F_UUID_EQ,
-            },
-            Key {
-                column: "provider",
-                value: provider_datum,
-                eq_proc: pg_sys::F_TEXTEQ,
-            },
-            Key {
-                column: "model",
-                value: m.and_then(IntoDatum::into_datum),
-                eq_proc: pg_sys::F_TEXTEQ,
-            },
-            Key {
-                column: "environment",
-                value: env_datum,
-                eq_proc: pg_sys::F_TEXTEQ,
-            },
-        ];
-        let Some(row) = catalog::lookup(c"tenant_secrets", c"tenant_secrets_one_per_slot", &keys)
-        else {
-            continue;
+    for (i, (t, m, source)) in candidates(tenant, model).into_iter().enumerate() {
+        let slot: Slot = (
+            t.map(|t| *t.as_bytes()),
+            provider.to_owned(),
+            m.map(str::to_owned),
+            environment.to_owned(),
+        );
+        let cached = if i == 0 { cached_secret(&slot) } else { None };
+        let secret = match cached {
+            Some(secret) => secret,
+            None => {
+                // In the order of the index's columns (tenant_id, provider, model, environment).
+                let keys = [
+                    Key {
+                        column: "tenant_id",
+                        value: t.and_then(IntoDatum::into_datum),
+                        eq_proc: pg_sys::F_UUID_EQ,
+                    },
+                    Key {
+                        column: "provider",
+                        value: provider_datum,
+                        eq_proc: pg_sys::F_TEXTEQ,
+                    },
+                    Key {
+                        column: "model",
+                        value: m.and_then(IntoDatum::into_datum),
+                        eq_proc: pg_sys::F_TEXTEQ,
+                    },
+                    Key {
+                        column: "environment",
+                        value: env_datum,
+                        eq_proc: pg_sys::F_TEXTEQ,
+                    },
+                ];
+                let Some(row) =
+                    catalog::lookup(c"tenant_secrets", c"tenant_secrets_one_per_slot", &keys)
+                else {
+                    continue;
+                };
+                let secret = Rc::new(Sealed::of(&row));
+                if i == 0 {
+                    cache_secret(slot, row.stamp(), secret.clone());
+                }
+                secret
+            }
         };
-        let allowed: Vec<String> = row.get("scopes").unwrap_or_default();
-        if !scopes::any_covers(&allowed, scope) {
+        if !scopes::any_covers(&secret.scopes, scope) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!(
@@ -420,10 +512,10 @@ fn resolve(
                 "The secret's scopes list what it may be used for.",
             );
         }
-        let plaintext = open_row(&row);
-        audit_read(&row, provider, source, scope);
+        let plaintext = open_sealed(&secret);
+        audit_read(&secret, provider, source, scope);
         return Some(Resolved {
-            row,
+            secret,
             source,
             plaintext,
         });
@@ -467,12 +559,11 @@ fn queue_read(id: Uuid, tenant: Option<Uuid>, provider: &str, source: Source, sc
 /// is off): through the shared-memory queue when it takes the entry (src/audit_pg.rs),
 /// else in the reading transaction. An audit in the transaction needs a read-write
 /// transaction: refused (25006) otherwise, rather than reading without a trace.
-fn audit_read(row: &Row, provider: &str, source: Source, scope: &str) {
+fn audit_read(secret: &Sealed, provider: &str, source: Source, scope: &str) {
     if !crate::gucs::AUDIT_SECRET_READS.get() {
         return;
     }
-    let id: Uuid = row.get("id").expect("id is NOT NULL");
-    let tenant: Option<Uuid> = row.get("tenant_id");
+    let (id, tenant) = (secret.id, secret.tenant);
     if !crate::gucs::AUDIT_READS_IN_TRANSACTION.get()
         && queue_read(id, tenant, provider, source, scope)
     {
@@ -567,11 +658,12 @@ pub unsafe extern "C-unwind" fn akm_resolve_provider_key(
         if let Some(r) = resolved {
             out.set(0, Some(plaintext_text(&r.plaintext)));
             out.set(1, r.source.as_str().into_datum());
-            out.set(2, r.row.datum("id"));
-            out.set(3, r.row.datum("tenant_id"));
-            out.set(4, r.row.datum("provider"));
-            out.set(5, r.row.datum("model"));
-            out.set(6, r.row.datum("environment"));
+            let s = &r.secret;
+            out.set(2, s.id.into_datum());
+            out.set(3, s.tenant.into_datum());
+            out.set(4, s.provider.as_str().into_datum());
+            out.set(5, s.model.as_deref().into_datum());
+            out.set(6, s.environment.as_str().into_datum());
         }
         out.into_datum(fcinfo)
     }

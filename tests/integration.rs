@@ -1369,6 +1369,117 @@ fn secrets_dump_and_restore() {
     assert_eq!(secrets_per_version(&mut w), vec![(1, n - 1), (2, 1)]);
 }
 
+/// A backend keeps the secrets it read (ciphertext, with the row version they came
+/// from) and answers from them only while that version is the one its snapshot sees:
+/// another session's replacement, scope change or deletion is seen by the next
+/// statement in READ COMMITTED, and not before the end of a REPEATABLE READ
+/// transaction that started earlier, exactly as a query of the table.
+#[test]
+fn secret_reads_follow_snapshots() {
+    let db = TestDb::new("it_sec_snapshots");
+    let cluster = db.cluster();
+    let file = KeyFile::create(
+        cluster,
+        "it_sec_snapshots",
+        vec![MasterKey::random(1)],
+        None,
+    );
+    let mut main = db.connect();
+    set_database_key_file(&mut main, &db.name, &file.path);
+    let mut main = db.connect();
+    let mut reader = db.connect();
+    let tenant = create_tenant(&mut main, "cached");
+    let platform = openai_secret();
+    put_secret(&mut main, None, "openai", &platform, None);
+    let first = openai_secret();
+    let id = put_secret(&mut main, Some(&tenant), "openai", &first, None);
+    for _ in 0..3 {
+        assert_eq!(
+            get_secret(&mut reader, Some(&tenant), "openai", None),
+            Some(first.clone())
+        );
+    }
+
+    // Replaced: the next statement sees the new value; a REPEATABLE READ transaction
+    // begun before keeps the old one to its end.
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(first.clone())
+    );
+    let second = openai_secret();
+    assert_eq!(
+        put_secret(&mut main, Some(&tenant), "openai", &second, None),
+        id
+    );
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(first.clone())
+    );
+    reader.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(second.clone())
+    );
+
+    // Narrowed scopes: refused at once.
+    main.execute(
+        "UPDATE api_key_mgmt.tenant_secrets SET scopes = '{voice:*}' WHERE id = $1::text::uuid",
+        &[&id],
+    )
+    .unwrap();
+    let err = try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err:?}"
+    );
+    main.execute(
+        "UPDATE api_key_mgmt.tenant_secrets SET scopes = '{*}' WHERE id = $1::text::uuid",
+        &[&id],
+    )
+    .unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(second.clone())
+    );
+
+    // Deleted: the platform default answers, and a rolled-back delete changes nothing.
+    main.batch_execute("BEGIN").unwrap();
+    main.execute(
+        "SELECT api_key_mgmt.delete_tenant_secret($1::text::uuid, 'openai')",
+        &[&tenant],
+    )
+    .unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(second.clone())
+    );
+    main.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(second.clone())
+    );
+    main.execute(
+        "SELECT api_key_mgmt.delete_tenant_secret($1::text::uuid, 'openai')",
+        &[&tenant],
+    )
+    .unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(platform.clone())
+    );
+    // A new secret in the slot (a new row) is read too.
+    let third = openai_secret();
+    put_secret(&mut main, Some(&tenant), "openai", &third, None);
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(third)
+    );
+}
+
 /// Who may store, read and decrypt tenant secrets, and who may see or change the key
 /// file setting.
 #[test]
