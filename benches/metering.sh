@@ -10,6 +10,8 @@
 #   charge           api_key_mgmt.charge_api_key() with caps enabled    (target >= 0.7)
 #   validate_floor   fetch a random key's plaintext from a side table
 #   validate_rl      the same, plus validate_api_key(..., cost => 1)    (target >= 0.75)
+#   ceiling          validate_rl's query with a scope refused before any work ('agents:*'):
+#                    what the query's shape alone leaves of validate_floor
 # Environment: MBENCH_SECONDS [10], MBENCH_CLIENTS ["1 8 32"], MBENCH_DIR, MBENCH_PORT.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,19 +69,23 @@ cat >"$w/validate_rl.pgbench" <<'S'
 \set id random(1, :nkeys)
 SELECT v.valid, v.code FROM bench.keys s CROSS JOIN LATERAL api_key_mgmt.validate_api_key(s.api_key, :scope, cost => 1) v WHERE s.id = :id;
 S
+cat >"$w/ceiling.pgbench" <<'S'
+\set id random(1, :nkeys)
+SELECT v.valid, v.code FROM bench.keys s CROSS JOIN LATERAL api_key_mgmt.validate_api_key(s.api_key, :ceilingscope, cost => 1) v WHERE s.id = :id;
+S
 
 tps() { # script clients
     local j=$(( $2 < 2 ? $2 : 2 ))
-    "${PGBENCH[@]}" -c "$2" -j "$j" -T "$SECS" -D nkeys=$NKEYS -D scope=agents:chat -f "$w/$1.pgbench" 2>/dev/null \
+    "${PGBENCH[@]}" -c "$2" -j "$j" -T "$SECS" -D nkeys=$NKEYS -D scope=agents:chat -D ceilingscope='agents:*' -f "$w/$1.pgbench" 2>/dev/null \
         | awk '/^tps = / {printf "%.0f", $3}'
 }
-echo "| clients | charge_floor | charge | ratio | validate_floor | validate_rl | ratio |"
-echo "|---|---|---|---|---|---|---|"
+echo "| clients | charge_floor | charge | ratio | validate_floor | validate_rl | ratio | ceiling ratio |"
+echo "|---|---|---|---|---|---|---|---|"
 for c in $CLIENTS; do
     cf=$(tps charge_floor "$c"); ch=$(tps charge "$c")
-    vf=$(tps validate_floor "$c"); vr=$(tps validate_rl "$c")
-    printf '| %s | %s | %s | %.2f | %s | %s | %.2f |\n' "$c" "$cf" "$ch" "$(echo "$ch / $cf" | bc -l)" \
-        "$vf" "$vr" "$(echo "$vr / $vf" | bc -l)"
+    vf=$(tps validate_floor "$c"); vr=$(tps validate_rl "$c"); vz=$(tps ceiling "$c")
+    printf '| %s | %s | %s | %.2f | %s | %s | %.2f | %.2f |\n' "$c" "$cf" "$ch" "$(echo "$ch / $cf" | bc -l)" \
+        "$vf" "$vr" "$(echo "$vr / $vf" | bc -l)" "$(echo "$vz / $vf" | bc -l)"
 done
 "${PSQL[@]}" -At -c "SELECT 'rate_limit_mode: ' || api_key_mgmt.rate_limit_mode()"
 rm -rf "$w"

@@ -6,12 +6,15 @@
 #
 # On a throwaway cluster (tests/cluster.sh, as the postgres user when run as root) it
 # loads 10k tenants and 100k keys, measures, grows to 1M keys and measures again. Each
-# measurement runs three pgbench scripts in prepared mode (-M prepared), interleaved:
+# measurement runs four pgbench scripts in prepared mode (-M prepared), interleaved:
 #   floor        fetch a random key's plaintext from bench.side
 #   validate     the same, plus api_key_mgmt.validate_api_key() on that key
+#   ceiling      the same query as validate, with a scope validate_api_key refuses
+#                before any work ('agents:*': invalid_scope): what the query's shape
+#                alone leaves of the floor, the most any validation could reach
 #   handwritten  the same, plus a hand-written plpgsql + pgcrypto validation (bench only)
-# and reports transactions/s and the ratios validate/floor (target >= 0.8) and
-# handwritten/floor. See BENCHMARKS.md.
+# and reports transactions/s and the ratios validate/floor (target >= 0.8),
+# ceiling/floor and handwritten/floor. See BENCHMARKS.md.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS  seconds per measurement [20]      BENCH_ROUNDS  rounds, median taken [2]
@@ -45,7 +48,7 @@ WARMUP=${BENCH_WARMUP:-$d_warmup}
 CLIENTS=${BENCH_CLIENTS:-1 8}
 MAX_THREADS=${BENCH_THREADS:-2}
 LOAD_BATCH=100000
-SCRIPTS="floor validate handwritten"
+SCRIPTS="floor validate ceiling handwritten"
 # The scope asked for, passed as a pgbench variable: pgbench would read the ":orchestration"
 # of a literal 'agents:orchestration' in the script as a variable reference.
 SCOPE=agents:orchestration
@@ -149,7 +152,7 @@ grow_to() {
     "${PSQL[@]}" -c "VACUUM ANALYZE" -c "CHECKPOINT"
     local ok
     ok=$("${PSQL[@]}" -v nkeys="$loaded" -f "$BENCHES/check.sql")
-    [ "$ok" = "t t t t t t t t t" ] || die "sanity check failed at $loaded keys: '$ok' (see benches/check.sql)"
+    [ "$ok" = "t t t t t t t t t t" ] || die "sanity check failed at $loaded keys: '$ok' (see benches/check.sql)"
     "${PSQL[@]}" -At -c "
         SELECT pg_size_pretty(sum(pg_prewarm(c.oid)) * current_setting('block_size')::bigint)
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -167,7 +170,7 @@ echo "keys,tenants,clients,round,script,tps" >"$DIR/raw.csv"
 run_pgbench() {
     local script=$1 c=$2 secs=$3 nkeys=$4 out=$5 j tps failed
     j=$(( c < MAX_THREADS ? c : MAX_THREADS ))
-    if ! "${PGBENCH[@]}" -c "$c" -j "$j" -T "$secs" -D nkeys="$nkeys" -D scope="$SCOPE" \
+    if ! "${PGBENCH[@]}" -c "$c" -j "$j" -T "$secs" -D nkeys="$nkeys" -D scope="$SCOPE" -D ceilingscope='agents:*' \
             -f "$BENCHES/$script.pgbench" postgres >"$out" 2>&1; then
         cat "$out" >&2
         die "pgbench $script failed (log: $out)"
@@ -185,8 +188,8 @@ measure() {
     for s in $SCRIPTS; do
         run_pgbench "$s" "$MAX_THREADS" "$WARMUP" "$n" "$DIR/logs/warmup-$n-$s.log" >/dev/null
     done
-    # Rounds outermost; within a round and a client count the three scripts run back to
-    # back, so that drift on the machine hits floor, validate and handwritten alike.
+    # Rounds outermost; within a round and a client count the scripts run back to back,
+    # so that drift on the machine hits floor, validate, ceiling and handwritten alike.
     for (( r = 1; r <= ROUNDS; r++ )); do
         for c in $CLIENTS; do
             line="keys $n, clients $c, round $r/$ROUNDS:"
@@ -217,13 +220,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 fmt() { awk -v a="$1" 'BEGIN { printf "%.0f", a }'; }
 
 table=$(
-    echo "| keys | clients | floor tps | validate tps | validate / floor | handwritten tps | handwritten / floor |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| keys | clients | floor tps | validate tps | validate / floor | ceiling / floor | handwritten tps | handwritten / floor |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
     for n in $SIZES; do
         for c in $CLIENTS; do
             # shellcheck disable=SC2086
             f=$(median ${TPS["$n $c floor"]}); v=$(median ${TPS["$n $c validate"]}); h=$(median ${TPS["$n $c handwritten"]})
-            echo "| $n | $c | $(fmt "$f") | $(fmt "$v") | $(ratio "$v" "$f") | $(fmt "$h") | $(ratio "$h" "$f") |"
+            # shellcheck disable=SC2086
+            z=$(median ${TPS["$n $c ceiling"]})
+            echo "| $n | $c | $(fmt "$f") | $(fmt "$v") | $(ratio "$v" "$f") | $(ratio "$z" "$f") | $(fmt "$h") | $(ratio "$h" "$f") |"
         done
     done
 )
@@ -244,7 +249,7 @@ mode="median of $ROUNDS round(s)"
     echo "- pgbench: $("$PG_BIN/pgbench" --version)"
     echo "- api_key_mgmt: $PROFILE build (pgrx 0.18.0), library sha256 $SO_SUM, source $commit"
     echo "- workload: $TENANTS tenants; keys spread evenly; pgbench -M prepared, -T $SECONDS_PER_RUN, -j min(clients, $MAX_THREADS); ${WARMUP}s warm-up per script and size"
-    echo "- tps: $mode, floor / validate / handwritten interleaved per setting; ratio = median validate (or handwritten) tps / median floor tps"
+    echo "- tps: $mode, floor / validate / ceiling / handwritten interleaved per setting; ratio = median validate (ceiling, handwritten) tps / median floor tps"
     echo "- cluster: shared_buffers 1GB (tables and indexes prewarmed), fsync off, synchronous_commit off, jit off"
     echo "- total runtime: $(( ELAPSED / 60 ))m$(( ELAPSED % 60 ))s"
     echo
