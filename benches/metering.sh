@@ -12,7 +12,9 @@
 #   validate_rl      the same, plus validate_api_key(..., cost => 1)    (target >= 0.75)
 #   ceiling          validate_rl's query with a scope refused before any work ('agents:*'):
 #                    what the query's shape alone leaves of validate_floor
-# Environment: MBENCH_SECONDS [10], MBENCH_CLIENTS ["1 8 32"], MBENCH_DIR, MBENCH_PORT.
+# Each cell is the median of MBENCH_ROUNDS rounds, the runs of a client count back to back
+# in each round. Environment: MBENCH_SECONDS [10], MBENCH_ROUNDS [3], MBENCH_CLIENTS
+# ["1 8 32"], MBENCH_DIR, MBENCH_PORT.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -20,6 +22,7 @@ export PG_BIN
 DIR=${MBENCH_DIR:-/tmp/api_key_mgmt/bench-metering}
 PORT=${MBENCH_PORT:-54331}
 SECS=${MBENCH_SECONDS:-10}
+ROUNDS=${MBENCH_ROUNDS:-3}
 CLIENTS=${MBENCH_CLIENTS:-1 8 32}
 NKEYS=10000
 PSQL=("$PG_BIN/psql" -X -q -h "$DIR" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
@@ -79,11 +82,26 @@ tps() { # script clients
     "${PGBENCH[@]}" -c "$2" -j "$j" -T "$SECS" -D nkeys=$NKEYS -D scope=agents:chat -D ceilingscope='agents:*' -f "$w/$1.pgbench" 2>/dev/null \
         | awk '/^tps = / {printf "%.0f", $3}'
 }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.0f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+declare -A T
+for (( r = 1; r <= ROUNDS; r++ )); do
+    for c in $CLIENTS; do
+        line="round $r/$ROUNDS, $c client(s):"
+        for s in charge_floor charge validate_floor validate_rl ceiling; do
+            t=$(tps "$s" "$c")
+            T[$c $s]+=" $t"
+            line+=" $s $t"
+        done
+        echo "$line" >&2
+    done
+done
 echo "| clients | charge_floor | charge | ratio | validate_floor | validate_rl | ratio | ceiling ratio |"
 echo "|---|---|---|---|---|---|---|---|"
 for c in $CLIENTS; do
-    cf=$(tps charge_floor "$c"); ch=$(tps charge "$c")
-    vf=$(tps validate_floor "$c"); vr=$(tps validate_rl "$c"); vz=$(tps ceiling "$c")
+    # shellcheck disable=SC2086
+    cf=$(median ${T[$c charge_floor]}); ch=$(median ${T[$c charge]})
+    # shellcheck disable=SC2086
+    vf=$(median ${T[$c validate_floor]}); vr=$(median ${T[$c validate_rl]}); vz=$(median ${T[$c ceiling]})
     printf '| %s | %s | %s | %.2f | %s | %s | %.2f | %.2f |\n' "$c" "$cf" "$ch" "$(echo "$ch / $cf" | bc -l)" \
         "$vf" "$vr" "$(echo "$vr / $vf" | bc -l)" "$(echo "$vz / $vf" | bc -l)"
 done
