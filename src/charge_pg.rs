@@ -4,8 +4,8 @@
 //! tenant without a meter, no period ended, the charge fits every cap and the credits
 //! and crosses no alert threshold ([`metering::charges_quietly`]). Such a charge is
 //! two writes, and this module makes them through the table access method: the key's
-//! meter row is locked and updated, the usage row is inserted into its monthly
-//! partition, and both get their index entries. There is no SQL statement, so no
+//! meter row is updated, the usage row is inserted into its monthly partition, and
+//! both get their index entries. There is no SQL statement, so no
 //! plan, no executor start-up and no CHECK expression re-read from the catalog.
 //! Anything else goes to the plpgsql full path,
 //! `api_key_mgmt_internal.charge_api_key_full`, which decides, refuses, rolls periods
@@ -16,9 +16,10 @@
 //! transaction (a hot standby's included) gets 25006 before anything.
 //!
 //! What it does as the executor would: RowExclusiveLock on the tables and their
-//! indexes; the UPDATE's row lock (FOR NO KEY UPDATE) taken on the newest row version
-//! in READ COMMITTED, and 40001 when the row was updated concurrently in REPEATABLE
-//! READ or SERIALIZABLE; NOT NULL and the known CHECKs hold by the argument checks;
+//! indexes; the update of the row version the snapshot sees, and when a concurrent
+//! transaction updated it first, in READ COMMITTED the lock of the newest version (FOR
+//! NO KEY UPDATE) and a new decision on it (EvalPlanQual), in REPEATABLE READ or
+//! SERIALIZABLE 40001; NOT NULL and the known CHECKs hold by the argument checks;
 //! index entries for every index (none when the update is HOT); a fresh snapshot and
 //! a command counter increment around the writes, as SPI gives a volatile function.
 //! What it skips: row-level security and table privileges, like the `SECURITY DEFINER`

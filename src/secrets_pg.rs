@@ -238,7 +238,7 @@ pub(crate) fn open_row(row: &Row) -> Zeroizing<Vec<u8>> {
 
 /// What decrypting a stored secret and reporting it needs, copied out of its row (so a
 /// backend can keep it between calls: ciphertext, never plaintext).
-pub(crate) struct Sealed {
+struct Sealed {
     id: Uuid,
     tenant: Option<Uuid>,
     provider: String,
