@@ -229,6 +229,49 @@ pub fn still_visible(table: &'static CStr, stamp: Stamp, id_column: &str, id: &[
     }
 }
 
+/// A per-backend cache of values derived from rows, each with the [`Stamp`] of the row
+/// version it came from, emptied when the catalog [`generation`] changes (a table
+/// rewrite moves rows) and when it holds `capacity` entries. Its users check an entry
+/// with [`still_visible`] before trusting it.
+pub struct RowCache<K, V> {
+    generation: u64,
+    capacity: usize,
+    entries: HashMap<K, (Stamp, V)>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> RowCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        RowCache {
+            generation: 0,
+            capacity,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The entry of `key` read under the current generation.
+    pub fn get(&mut self, key: &K) -> Option<(Stamp, V)> {
+        if self.generation != generation() {
+            self.generation = generation();
+            self.entries.clear();
+        }
+        self.entries.get(key).cloned()
+    }
+
+    /// Remember `value`, derived from the row version `stamp`. A lookup may have run
+    /// catalog invalidations since the generation was last seen: then nothing is kept.
+    pub fn put(&mut self, key: K, stamp: Stamp, value: V) {
+        if self.generation != generation() {
+            self.generation = generation();
+            self.entries.clear();
+            return;
+        }
+        if self.entries.len() >= self.capacity {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (stamp, value));
+    }
+}
+
 /// OID of `api_key_mgmt.<name>`, or an ERROR if the extension is not installed here.
 fn relation_oid(name: &CStr) -> pg_sys::Oid {
     unsafe {
@@ -413,5 +456,46 @@ pub fn call_internal(
         let isnull = (*fcinfo).isnull;
         pg_sys::pfree(fcinfo.cast());
         (!isnull).then_some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(n: u32) -> Stamp {
+        Stamp {
+            block: n,
+            offset: 1,
+            xmin: 100 + n,
+        }
+    }
+
+    fn bump() {
+        GENERATION.with(|g| g.set(g.get() + 1));
+    }
+
+    #[test]
+    fn row_cache_keeps_entries_of_the_current_generation() {
+        let mut c: RowCache<u8, &str> = RowCache::new(2);
+        assert_eq!(c.get(&1), None);
+        c.put(1, stamp(1), "one");
+        assert_eq!(c.get(&1), Some((stamp(1), "one")));
+        c.put(1, stamp(2), "newer");
+        assert_eq!(c.get(&1), Some((stamp(2), "newer")), "replaced");
+        c.put(2, stamp(3), "two");
+        c.put(3, stamp(4), "three");
+        assert_eq!(c.get(&1), None, "full: emptied before the third entry");
+        assert_eq!(c.get(&3), Some((stamp(4), "three")));
+        // An invalidation empties it.
+        bump();
+        assert_eq!(c.get(&3), None);
+        // One between a get and the put that follows it (during a probe): nothing kept.
+        assert_eq!(c.get(&4), None);
+        bump();
+        c.put(4, stamp(5), "four");
+        assert_eq!(c.get(&4), None);
+        c.put(4, stamp(5), "four");
+        assert_eq!(c.get(&4), Some((stamp(5), "four")));
     }
 }

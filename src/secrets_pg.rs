@@ -6,7 +6,7 @@
 //! no error or message here carries it, a key, or the key file's path.
 
 use crate::audit::{self, Source};
-use crate::catalog::{self, Key, Row, Stamp};
+use crate::catalog::{self, Key, Row};
 use crate::crypto::{self, CryptoError, MasterKeys};
 use crate::result_row::ResultRow;
 use crate::scopes;
@@ -366,47 +366,23 @@ struct Resolved {
 /// Where a resolution starts: (tenant, provider, model, environment).
 type Slot = (Option<[u8; 16]>, String, Option<String>, String);
 
-/// Secrets found at the first place their resolution looks, per backend, with the row
-/// version they were copied from and the catalog generation they were read under.
-type SecretCache = (u64, HashMap<Slot, (Stamp, Rc<Sealed>)>);
-
-thread_local! {
-    static SECRETS: RefCell<SecretCache> = RefCell::new((0, HashMap::new()));
-}
-
 /// Cached secrets per backend before the cache is emptied and filled again.
 const SECRET_CACHE: usize = 4096;
+
+thread_local! {
+    /// Secrets found at the first place their resolution looks, with the row version
+    /// they were copied from.
+    static SECRETS: RefCell<catalog::RowCache<Slot, Rc<Sealed>>> =
+        RefCell::new(catalog::RowCache::new(SECRET_CACHE));
+}
 
 /// The cached secret of `slot` if its row version is still the one the current
 /// snapshot sees (one heap fetch by TID instead of the index probe). Only secrets
 /// found at the first place a resolution looks are cached: nothing can come before
 /// them, so a visible cached version is exactly what the probe would return.
 fn cached_secret(slot: &Slot) -> Option<Rc<Sealed>> {
-    let generation = catalog::generation();
-    let (stamp, secret) = SECRETS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != generation {
-            *c = (generation, HashMap::new());
-        }
-        c.1.get(slot).cloned()
-    })?;
+    let (stamp, secret) = SECRETS.with(|c| c.borrow_mut().get(slot))?;
     catalog::still_visible(c"tenant_secrets", stamp, "id", secret.id.as_bytes()).then_some(secret)
-}
-
-fn cache_secret(slot: Slot, stamp: Stamp, secret: Rc<Sealed>) {
-    SECRETS.with(|c| {
-        let mut c = c.borrow_mut();
-        // A probe may have run catalog invalidations: keep the entry only if the
-        // generation it was read under is still current.
-        if c.0 != catalog::generation() {
-            *c = (catalog::generation(), HashMap::new());
-        } else {
-            if c.1.len() >= SECRET_CACHE {
-                c.1.clear();
-            }
-            c.1.insert(slot, (stamp, secret));
-        }
-    });
 }
 
 /// The resolution order: the tenant's secret for the model, the tenant's for the
@@ -497,7 +473,7 @@ fn resolve(
                 };
                 let secret = Rc::new(Sealed::of(&row));
                 if i == 0 {
-                    cache_secret(slot, row.stamp(), secret.clone());
+                    SECRETS.with(|c| c.borrow_mut().put(slot, row.stamp(), secret.clone()));
                 }
                 secret
             }

@@ -25,7 +25,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Output columns, in the order of type `api_key_mgmt.key_validation`.
@@ -213,9 +212,8 @@ unsafe fn validate_into(fcinfo: pg_sys::FunctionCallInfo, out: &mut Output) {
     }
 }
 
-/// What validation needs of a tenant row, and which version of the row it came from.
+/// What validation needs of a tenant row.
 struct CachedTenant {
-    stamp: catalog::Stamp,
     facts: TenantFacts,
     metered: bool,
 }
@@ -223,11 +221,10 @@ struct CachedTenant {
 /// Tenants cached per backend before the cache is emptied and filled again.
 const TENANT_CACHE: usize = 16384;
 
-/// Tenant facts by tenant id, with the catalog generation they were read under.
-type TenantCache = (u64, HashMap<[u8; 16], Rc<CachedTenant>>);
-
 thread_local! {
-    static TENANTS: RefCell<TenantCache> = RefCell::new((0, HashMap::new()));
+    /// Tenant facts by tenant id, with the row version they were read from.
+    static TENANTS: RefCell<catalog::RowCache<[u8; 16], Rc<CachedTenant>>> =
+        RefCell::new(catalog::RowCache::new(TENANT_CACHE));
 }
 
 /// The facts of the key's tenant as the current snapshot sees them. A cached entry is
@@ -236,16 +233,8 @@ thread_local! {
 /// tenant or a narrowed plan takes effect exactly when a probe would see it.
 fn tenant_facts(tenant_id: pg_sys::Datum) -> Rc<CachedTenant> {
     let id: [u8; 16] = unsafe { *tenant_id.cast_mut_ptr::<[u8; 16]>() };
-    let generation = catalog::generation();
-    let cached = TENANTS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != generation {
-            *c = (generation, HashMap::new());
-        }
-        c.1.get(&id).cloned()
-    });
-    if let Some(t) = cached {
-        if catalog::still_visible(c"tenants", t.stamp, "id", &id) {
+    if let Some((stamp, t)) = TENANTS.with(|c| c.borrow_mut().get(&id)) {
+        if catalog::still_visible(c"tenants", stamp, "id", &id) {
             return t;
         }
     }
@@ -258,26 +247,13 @@ fn tenant_facts(tenant_id: pg_sys::Datum) -> Rc<CachedTenant> {
     )
     .expect("foreign key guarantees the tenant");
     let fresh = Rc::new(CachedTenant {
-        stamp: row.stamp(),
         facts: TenantFacts {
             disabled: row.datum("disabled_at").is_some(),
             allowed_scopes: row.get::<Vec<String>>("allowed_scopes").unwrap_or_default(),
         },
         metered: row.get::<bool>("metered").unwrap_or(false),
     });
-    TENANTS.with(|c| {
-        let mut c = c.borrow_mut();
-        // A probe may have run catalog invalidations: keep the entry only if the
-        // generation it was read under is still current.
-        if c.0 != catalog::generation() {
-            *c = (catalog::generation(), HashMap::new());
-        } else {
-            if c.1.len() >= TENANT_CACHE {
-                c.1.clear();
-            }
-            c.1.insert(id, fresh.clone());
-        }
-    });
+    TENANTS.with(|c| c.borrow_mut().put(id, row.stamp(), fresh.clone()));
     fresh
 }
 
