@@ -710,9 +710,8 @@ $$;
 --
 -- Rust (src/charge_pg.rs), with the caller's rights: it checks the arguments and makes
 -- the common charge itself (no idempotency key, no rate cost, a tenant without a
--- meter, no period ended, the charge fits and sends no alert): the meter row locked
--- and updated and the usage row inserted through the table access method, no SQL
--- statement. Every other charge goes to charge_api_key_full below. EXECUTE is the gate.
+-- meter, no period ended, the charge fits and sends no alert): the meter row updated
+-- and the usage row inserted through the table access method, no SQL statement. Every other charge goes to charge_api_key_full below. EXECUTE is the gate.
 CREATE FUNCTION api_key_mgmt.charge_api_key(
     key_id uuid,
     scope text,

@@ -214,16 +214,6 @@ pub fn uuid_v4(random: [u8; 16]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuid_v4_layout() {
-        let id = uuid_v4([0xff; 16]);
-        assert_eq!((id[6], id[8]), (0x4f, 0xbf), "version 4, variant 10");
-        let zero = uuid_v4([0; 16]);
-        assert_eq!((zero[6], zero[8]), (0x40, 0x80));
-        assert_eq!(&zero[..6], &[0; 6]);
-        assert_eq!(&id[9..], &[0xff; 7]);
-    }
     use serde_json::json;
 
     fn read<'a>(provider: &'a str, ua: Option<&'a str>) -> Read<'a> {
@@ -304,6 +294,16 @@ mod tests {
         assert!(has_room(5, 2, 4));
         assert!(!has_room(0, 0, 0));
         assert!(has_room(u64::MAX, u64::MAX - 1, 4));
+    }
+
+    #[test]
+    fn uuid_v4_layout() {
+        let id = uuid_v4([0xff; 16]);
+        assert_eq!((id[6], id[8]), (0x4f, 0xbf), "version 4, variant 10");
+        let zero = uuid_v4([0; 16]);
+        assert_eq!((zero[6], zero[8]), (0x40, 0x80));
+        assert_eq!(&zero[..6], &[0; 6]);
+        assert_eq!(&id[9..], &[0xff; 7]);
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn oid(name: &'static CStr) -> pg_sys::Oid {
 }
 
 /// Column names of an open table, cached with its OID.
-pub(crate) unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[String]> {
+unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[String]> {
     if let Some(n) = CACHE.with(|c| c.borrow().get(name).and_then(|e| e.names.clone())) {
         return n;
     }

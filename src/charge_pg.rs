@@ -29,7 +29,8 @@
 
 use crate::catalog;
 use crate::errors::raise;
-use crate::metering_pg::{self, charge_is_quiet, check_charge_args};
+use crate::metering::{self, Money, Period, QuietMeter};
+use crate::metering_pg::{self, check_charge_args, to_money};
 use crate::result_row::ResultRow;
 use crate::validation_pg::tenant_metered;
 use pgrx::fcinfo::pg_getarg;
@@ -62,9 +63,15 @@ const M_TENANT: usize = 1;
 const M_KEY: usize = 2;
 const M_DAILY_CAP: usize = 3;
 const M_DAY_SPENT: usize = 4;
+const M_DAY_ENDS: usize = 5;
 const M_MONTHLY_CAP: usize = 6;
 const M_MONTH_SPENT: usize = 7;
+const M_MONTH_ENDS: usize = 8;
 const M_CREDITS: usize = 9;
+const M_REFILL_PERIOD: usize = 10;
+const M_CREDITS_UNTIL: usize = 11;
+const M_CREDITS_GRANTED: usize = 12;
+const M_ALERTED: [usize; 3] = [13, 14, 15];
 
 /// Every column of `usage_events`, in this order: a table with any other column (an
 /// upgrade or the user added one, maybe with a default) takes the full path.
@@ -95,6 +102,8 @@ struct Charge {
     key_id: pg_sys::Datum,
     scope: pg_sys::Datum,
     cost: pg_sys::Datum,
+    /// `cost` checked, as [`Money`].
+    amount: Money,
     units: pg_sys::Datum,
     provider: Option<pg_sys::Datum>,
     model: Option<pg_sys::Datum>,
@@ -117,7 +126,7 @@ pub unsafe extern "C-unwind" fn akm_charge_api_key(
         };
         let idempotency_key = pg_getarg::<&str>(fcinfo, 6);
         let rate_cost = pg_getarg::<i32>(fcinfo, 9);
-        check_charge_args(
+        let cost = check_charge_args(
             pg_getarg::<Uuid>(fcinfo, 0),
             pg_getarg::<&str>(fcinfo, 1),
             pg_getarg::<AnyNumeric>(fcinfo, 2),
@@ -141,6 +150,7 @@ pub unsafe extern "C-unwind" fn akm_charge_api_key(
                 key_id: arg(0).expect("checked"),
                 scope: arg(1).expect("checked"),
                 cost: arg(2).expect("checked"),
+                amount: cost,
                 units: arg(3).expect("checked"),
                 provider: arg(4),
                 model: arg(5),
@@ -292,36 +302,52 @@ unsafe fn deform(
     }
 }
 
-/// Whether the meter row (`values`/`nulls` at positions `m` of [`METER`]) takes
-/// `cost` quietly ([`charge_is_quiet`]).
-fn quiet(
-    cost: pg_sys::Datum,
-    now: i64,
-    values: &[pg_sys::Datum],
-    nulls: &[bool],
-    m: &[usize; 16],
-) -> bool {
-    fn get<T: FromDatum>(values: &[pg_sys::Datum], nulls: &[bool], i: usize) -> Option<T> {
-        unsafe { T::from_datum(values[i], nulls[i]) }
+/// Whether the meter row (`values`/`nulls` at positions `m` of [`METER`]) takes a
+/// charge of `cost` at `now` quietly ([`metering::charges_quietly`]). A NULL total or an
+/// amount out of [`Money`]'s range: no (the full path decides).
+fn quiet(cost: Money, now: i64, values: &[pg_sys::Datum], nulls: &[bool], m: &[usize; 16]) -> bool {
+    let datum = |i: usize| (!nulls[m[i]]).then(|| values[m[i]]);
+    // `None`: NULL; `Some(None)`: out of Money's range.
+    let money = |i: usize| {
+        datum(i).map(|d| {
+            unsafe { AnyNumeric::from_datum(d, false) }
+                .as_ref()
+                .and_then(to_money)
+        })
+    };
+    // timestamptz and smallint are passed by value.
+    let micros = |i: usize| datum(i).map(|d| d.value() as i64);
+    let (Some(Some(day_spent)), Some(Some(month_spent))) =
+        (money(M_DAY_SPENT), money(M_MONTH_SPENT))
+    else {
+        return false;
+    };
+    let [daily_cap, monthly_cap, credits, credits_granted] =
+        [M_DAILY_CAP, M_MONTHLY_CAP, M_CREDITS, M_CREDITS_GRANTED].map(money);
+    if [daily_cap, monthly_cap, credits, credits_granted]
+        .iter()
+        .any(|v| matches!(v, Some(None)))
+    {
+        return false;
     }
-    let g = |i: usize| m[i];
-    charge_is_quiet(
-        unsafe { AnyNumeric::from_datum(cost, false) },
-        TimestampWithTimeZone::try_from(now).ok(),
-        get(values, nulls, g(3)),
-        get(values, nulls, g(4)),
-        get(values, nulls, g(5)),
-        get(values, nulls, g(6)),
-        get(values, nulls, g(7)),
-        get(values, nulls, g(8)),
-        get(values, nulls, g(9)),
-        get(values, nulls, g(10)),
-        get(values, nulls, g(11)),
-        get(values, nulls, g(12)),
-        get(values, nulls, g(13)),
-        get(values, nulls, g(14)),
-        get(values, nulls, g(15)),
-    )
+    let meter = QuietMeter {
+        daily_cap: daily_cap.flatten(),
+        monthly_cap: monthly_cap.flatten(),
+        day: Period {
+            spent: day_spent,
+            ends_at: micros(M_DAY_ENDS),
+        },
+        month: Period {
+            spent: month_spent,
+            ends_at: micros(M_MONTH_ENDS),
+        },
+        credits: credits.flatten(),
+        refills: datum(M_REFILL_PERIOD).is_some(),
+        credits_until: micros(M_CREDITS_UNTIL),
+        credits_granted: credits_granted.flatten(),
+        alerted: M_ALERTED.map(|i| datum(i).map_or(0, |d| d.value() as i16)),
+    };
+    metering::charges_quietly(&meter, cost, now)
 }
 
 /// Whether a `jsonb` datum is an object (the root container's flag; no parsing).
@@ -442,7 +468,7 @@ unsafe fn write(
             let mut otid = (*tuple).t_self;
             let (mut values, mut nulls) = deform(tuple, tupdesc);
             if nulls[m[M_KEY]]
-                || !quiet(c.cost, now, &values, &nulls, m)
+                || !quiet(c.amount, now, &values, &nulls, m)
                 || tenant_metered(values[m[M_TENANT]])
             {
                 break false;

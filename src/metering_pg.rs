@@ -195,7 +195,7 @@ pub struct Report {
 
 /// A `numeric` as [`Money`]; `None` when it is out of range (too large, more than
 /// [`metering::SCALE`] decimals, NaN or infinite).
-fn to_money(n: &AnyNumeric) -> Option<Money> {
+pub(crate) fn to_money(n: &AnyNumeric) -> Option<Money> {
     Money::parse(&n.to_string())
 }
 
@@ -393,75 +393,6 @@ fn meter_row_ok(
         && (credits_refill.is_none() || credits.is_some())
 }
 
-/// Whether a key meter row (its totals, caps, credits and alert levels, as SQL values)
-/// takes a charge of `cost` at `now` quietly ([`metering::charges_quietly`]): the
-/// condition of the native charge in `charge_pg`. Values out of [`Money`]'s range say
-/// no (the full path decides).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn charge_is_quiet(
-    cost: Option<AnyNumeric>,
-    now: Option<TimestampWithTimeZone>,
-    daily_cap: Option<AnyNumeric>,
-    day_spent: Option<AnyNumeric>,
-    day_ends_at: Option<TimestampWithTimeZone>,
-    monthly_cap: Option<AnyNumeric>,
-    month_spent: Option<AnyNumeric>,
-    month_ends_at: Option<TimestampWithTimeZone>,
-    credits: Option<AnyNumeric>,
-    credits_refill_period: Option<&str>,
-    credits_until: Option<TimestampWithTimeZone>,
-    credits_granted: Option<AnyNumeric>,
-    day_alerted: Option<i16>,
-    month_alerted: Option<i16>,
-    credits_alerted: Option<i16>,
-) -> bool {
-    // `None`: NULL; `Some(None)`: out of Money's range (the full path decides).
-    let money = |n: Option<AnyNumeric>| n.as_ref().map(to_money);
-    let micros = |t: Option<TimestampWithTimeZone>| t.map(TimestampWithTimeZone::into_inner);
-    let (Some(Some(cost)), Some(now)) = (money(cost), micros(now)) else {
-        return false;
-    };
-    let (daily_cap, monthly_cap, credits, credits_granted) = (
-        money(daily_cap),
-        money(monthly_cap),
-        money(credits),
-        money(credits_granted),
-    );
-    let (Some(Some(day_spent)), Some(Some(month_spent))) = (money(day_spent), money(month_spent))
-    else {
-        return false;
-    };
-    let in_range = |v: &Option<Option<Money>>| !matches!(v, Some(None));
-    if ![daily_cap, monthly_cap, credits, credits_granted]
-        .iter()
-        .all(in_range)
-    {
-        return false;
-    }
-    let meter = metering::QuietMeter {
-        daily_cap: daily_cap.flatten(),
-        monthly_cap: monthly_cap.flatten(),
-        day: Period {
-            spent: day_spent,
-            ends_at: micros(day_ends_at),
-        },
-        month: Period {
-            spent: month_spent,
-            ends_at: micros(month_ends_at),
-        },
-        credits: credits.flatten(),
-        refills: credits_refill_period.is_some(),
-        credits_until: micros(credits_until),
-        credits_granted: credits_granted.flatten(),
-        alerted: [
-            day_alerted.unwrap_or(0),
-            month_alerted.unwrap_or(0),
-            credits_alerted.unwrap_or(0),
-        ],
-    };
-    metering::charges_quietly(&meter, cost, now)
-}
-
 /// `check_amount(what text, value numeric, nullable boolean) RETURNS void`
 ///
 /// Money is `numeric`, 0 <= value < 10^15, at most 9 decimal places (trailing zeros
@@ -469,15 +400,26 @@ pub(crate) fn charge_is_quiet(
 /// every charge runs it.
 #[pg_extern(sql = false, immutable, parallel_safe)]
 fn check_amount(what: Option<&str>, value: Option<AnyNumeric>, nullable: Option<bool>) {
-    let what = what.unwrap_or("amount");
+    checked_amount(what.unwrap_or("amount"), value, nullable == Some(true));
+}
+
+/// [`check_amount`], returning the amount (`None` for an allowed NULL).
+fn checked_amount(what: &str, value: Option<AnyNumeric>, nullable: bool) -> Option<Money> {
     match value {
-        None if nullable != Some(true) => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL"), ""
+        None if !nullable => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what} must not be NULL"),
+            "",
         ),
-        Some(v) if !matches!(to_money(&v), Some(m) if m >= Money::ZERO) => {
-            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places"), ""
-            )
-        }
-        _ => {}
+        None => None,
+        Some(v) => match to_money(&v) {
+            Some(m) if m >= Money::ZERO => Some(m),
+            _ => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{what} must be a number from 0 to 999999999999999.999999999 with at most 9 decimal places"),
+                "",
+            ),
+        },
     }
 }
 
@@ -491,6 +433,16 @@ fn check_charge(
     what: Option<&str>,
     cost: Option<AnyNumeric>,
 ) {
+    checked_charge(key_id, scope, what.unwrap_or("amount"), cost);
+}
+
+/// [`check_charge`], returning the cost.
+fn checked_charge(
+    key_id: Option<Uuid>,
+    scope: Option<&str>,
+    what: &str,
+    cost: Option<AnyNumeric>,
+) -> Money {
     required(key_id, "key_id");
     let scope = required(scope, "scope");
     if !metering::charge_scope_ok(scope) {
@@ -500,7 +452,7 @@ fn check_charge(
             "",
         );
     }
-    check_amount(what, cost, Some(false));
+    checked_amount(what, cost, false).expect("not nullable")
 }
 
 /// `check_usage(units bigint, provider text, model text, metadata jsonb, key_source text) RETURNS void`
@@ -561,7 +513,8 @@ fn check_usage_values(
 
 /// The argument checks of `charge_api_key`, in the order of its plpgsql full path:
 /// `check_charge`, `check_usage`, then the idempotency key (22023 unless 1 to 200
-/// characters) and `rate_cost` (22004 NULL, 22023 outside 0 to 1000000).
+/// characters) and `rate_cost` (22004 NULL, 22023 outside 0 to 1000000). Returns the
+/// cost.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn check_charge_args(
     key_id: Option<Uuid>,
@@ -574,8 +527,8 @@ pub(crate) fn check_charge_args(
     metadata_is_object: Option<bool>,
     key_source: Option<&str>,
     rate_cost: Option<i32>,
-) {
-    check_charge(key_id, scope, Some("cost"), cost);
+) -> Money {
+    let cost = checked_charge(key_id, scope, "cost", cost);
     check_usage_values(units, provider, model, metadata_is_object, key_source);
     if idempotency_key.is_some_and(|k| !(1..=200).contains(&k.chars().count())) {
         raise(
@@ -597,4 +550,5 @@ pub(crate) fn check_charge_args(
         ),
         _ => {}
     }
+    cost
 }

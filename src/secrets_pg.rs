@@ -433,14 +433,16 @@ fn resolve(
     let provider_datum = provider.into_datum();
     let env_datum = environment.into_datum();
     for (i, (t, m, source)) in candidates(tenant, model).into_iter().enumerate() {
-        let slot: Slot = (
-            t.map(|t| *t.as_bytes()),
-            provider.to_owned(),
-            m.map(str::to_owned),
-            environment.to_owned(),
-        );
-        let cached = if i == 0 { cached_secret(&slot) } else { None };
-        let secret = match cached {
+        // Only the first place looked at is cached (see cached_secret).
+        let slot: Option<Slot> = (i == 0).then(|| {
+            (
+                t.map(|t| *t.as_bytes()),
+                provider.to_owned(),
+                m.map(str::to_owned),
+                environment.to_owned(),
+            )
+        });
+        let secret = match slot.as_ref().and_then(cached_secret) {
             Some(secret) => secret,
             None => {
                 // In the order of the index's columns (tenant_id, provider, model, environment).
@@ -472,7 +474,7 @@ fn resolve(
                     continue;
                 };
                 let secret = Rc::new(Sealed::of(&row));
-                if i == 0 {
+                if let Some(slot) = slot {
                     SECRETS.with(|c| c.borrow_mut().put(slot, row.stamp(), secret.clone()));
                 }
                 secret
