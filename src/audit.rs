@@ -184,10 +184,77 @@ pub fn user_agent(headers: &Value) -> Option<String> {
     header(headers, "user-agent").map(|ua| ua.chars().take(USER_AGENT_CHARS).collect())
 }
 
-/// Ring positions: `head` and `tail` only grow; slot of a position is `pos % capacity`.
-/// Entries waiting: `head - tail`. Room for one more while that is below `capacity`.
-pub fn has_room(head: u64, tail: u64, capacity: u64) -> bool {
-    capacity > 0 && head.wrapping_sub(tail) < capacity
+/// The `audit_log` columns a batch of entries is written to, in the order of the fields
+/// of [`copy_binary`].
+pub const COPY_COLUMNS: [&std::ffi::CStr; 11] = [
+    c"id",
+    c"occurred_at",
+    c"tenant_id",
+    c"actor",
+    c"actor_role",
+    c"action",
+    c"target_type",
+    c"target_id",
+    c"details",
+    c"client_ip",
+    c"user_agent",
+];
+
+/// Entries as the rows `api_key_mgmt_internal.audit()` would have inserted for them, in
+/// PostgreSQL's binary `COPY` format (header, one tuple per entry, trailer) for
+/// [`COPY_COLUMNS`]: `id(entry)` as the id, action `secret.decrypted` on the secret,
+/// and the provider, source and scope in `details` (jsonb, version 1).
+pub fn copy_binary(entries: &[Entry], mut id: impl FnMut(&Entry) -> [u8; 16]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    let mut out = Vec::with_capacity(32 + entries.len() * 320);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for e in entries {
+        let details = serde_json::json!({
+            "provider": e.provider(),
+            "source": e.source().map(Source::as_str),
+            "scope": e.scope(),
+        });
+        let mut jsonb = vec![1u8];
+        jsonb.extend_from_slice(details.to_string().as_bytes());
+        out.extend_from_slice(&(COPY_COLUMNS.len() as i16).to_be_bytes());
+        field(&mut out, Some(&id(e)));
+        field(&mut out, Some(&e.occurred_at.to_be_bytes()));
+        field(&mut out, e.tenant().as_ref().map(|t| &t[..]));
+        field(&mut out, e.actor().map(str::as_bytes));
+        field(&mut out, e.actor_role().map(str::as_bytes));
+        field(&mut out, Some(b"secret.decrypted"));
+        field(&mut out, Some(b"secret"));
+        field(&mut out, Some(uuid_text(&e.secret).as_bytes()));
+        field(&mut out, Some(&jsonb));
+        field(&mut out, e.client_ip().map(str::as_bytes));
+        field(&mut out, e.user_agent().map(str::as_bytes));
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+/// A uuid as `uuid_out` writes it: lower-case hex, hyphens after 8, 12, 16 and 20 digits.
+pub fn uuid_text(id: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, b) in id.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 /// A version 7 UUID (RFC 9562): `unix_ms` in the first 48 bits, then the version, 12
@@ -287,13 +354,85 @@ mod tests {
     }
 
     #[test]
-    fn ring_room() {
-        assert!(has_room(0, 0, 4));
-        assert!(has_room(3, 0, 4));
-        assert!(!has_room(4, 0, 4));
-        assert!(has_room(5, 2, 4));
-        assert!(!has_room(0, 0, 0));
-        assert!(has_room(u64::MAX, u64::MAX - 1, 4));
+    fn uuid_text_like_uuid_out() {
+        let id = [
+            0x01, 0x90, 0x12, 0x34, 0x56, 0x78, 0x7a, 0xbc, 0x8d, 0xef, 0, 1, 2, 3, 4, 0xff,
+        ];
+        assert_eq!(uuid_text(&id), "01901234-5678-7abc-8def-0001020304ff");
+        assert_eq!(uuid_text(&[0; 16]), "00000000-0000-0000-0000-000000000000");
+    }
+
+    /// Split binary COPY data back into tuples of fields (`None`: NULL).
+    fn parse_copy(data: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
+        assert_eq!(&data[..11], b"PGCOPY\n\xff\r\n\0", "signature");
+        assert_eq!(&data[11..19], &[0; 8], "no flags, no header extension");
+        let mut at = 19;
+        let mut take = |n: usize| {
+            let s = &data[at..at + n];
+            at += n;
+            s.to_vec()
+        };
+        let mut tuples = vec![];
+        loop {
+            let count = i16::from_be_bytes(take(2).try_into().unwrap());
+            if count == -1 {
+                break;
+            }
+            let fields = (0..count)
+                .map(|_| {
+                    let len = i32::from_be_bytes(take(4).try_into().unwrap());
+                    (len >= 0).then(|| take(len as usize))
+                })
+                .collect();
+            tuples.push(fields);
+        }
+        assert_eq!(at, data.len(), "nothing after the trailer");
+        tuples
+    }
+
+    #[test]
+    fn copy_rows_like_the_audit_function() {
+        let a = Entry::new(&read("openai", Some("curl/8"))).unwrap();
+        let mut r = read("anthropic", None);
+        r.tenant = None;
+        r.client_ip = None;
+        r.source = Source::Platform;
+        r.scope = "voice:\"tts\"";
+        let b = Entry::new(&r).unwrap();
+        let mut n = 0u8;
+        let data = copy_binary(&[a, b], |_| {
+            n += 1;
+            [n; 16]
+        });
+        let rows = parse_copy(&data);
+        assert_eq!(rows.len(), 2);
+        let text = |s: &str| Some(s.as_bytes().to_vec());
+        let jsonb = |s: &str| Some([&[1u8][..], s.as_bytes()].concat());
+        assert_eq!(
+            rows[0],
+            vec![
+                Some(vec![1; 16]),
+                Some(42i64.to_be_bytes().to_vec()),
+                Some(vec![7; 16]),
+                text("user-1"),
+                text("api_key_mgmt_service"),
+                text("secret.decrypted"),
+                text("secret"),
+                text("09090909-0909-0909-0909-090909090909"),
+                jsonb(r#"{"provider":"openai","scope":"agents:chat","source":"tenant"}"#),
+                text("203.0.113.7"),
+                text("curl/8"),
+            ]
+        );
+        assert_eq!(rows[1][0], Some(vec![2; 16]));
+        assert_eq!(rows[1][2], None, "a platform secret has no tenant");
+        assert_eq!(
+            rows[1][8],
+            jsonb(r#"{"provider":"anthropic","scope":"voice:\"tts\"","source":"platform"}"#)
+        );
+        assert_eq!((&rows[1][9], &rows[1][10]), (&None, &None));
+        assert_eq!(rows[0].len(), COPY_COLUMNS.len());
+        assert_eq!(parse_copy(&copy_binary(&[], |_| [0; 16])).len(), 0);
     }
 
     #[test]

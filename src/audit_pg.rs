@@ -10,47 +10,52 @@
 //! read is audited synchronously, as without the queue. Entries not yet written are lost
 //! if the server crashes (they are written before a clean shutdown).
 //!
-//! Layout: a [`Header`] then `capacity` [`Entry`]s, guarded by one LWLock (tranche
-//! `api_key_mgmt_audit`). The worker copies entries out, writes them, and only after its
-//! transaction commits advances `tail`: a failed write leaves them queued for its next
-//! attempt.
+//! Layout: a [`Header`] then a [`Ring`] of `capacity` [`Entry`]s. Readers append without
+//! a lock (one compare-and-swap; many backends reading secrets at once never wait for
+//! each other or for the worker). The worker copies entries out, writes them with one
+//! binary `COPY` into `audit_log` (so the table's constraints, triggers and indexes all
+//! apply), and only after its transaction commits releases them: a failed write leaves
+//! them queued for its next attempt.
 
 use crate::audit::{self, Entry};
+use crate::ring::Ring;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use std::cell::RefCell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-const TRANCHE: &CStr = c"api_key_mgmt_audit";
-const MAGIC: u64 = 0x616b_6d5f_6175_0001;
+const MAGIC: u64 = 0x616b_6d5f_6175_0002;
 /// Entries written per worker transaction.
 pub const BATCH: usize = 512;
 
 #[repr(C)]
 struct Header {
     magic: u64,
-    capacity: u64,
-    /// Next position to write / to read (only grow; the slot is `pos % capacity`).
-    head: u64,
-    tail: u64,
     /// The worker's latch (0: no worker takes entries) and database.
-    latch: usize,
-    database: u32,
+    latch: AtomicUsize,
+    database: AtomicU32,
+    /// Readers between their check of `latch` and the end of their append: the worker
+    /// waits for none to be left after it stops taking entries (see [`detach_worker`]).
+    appending: AtomicU32,
     /// Entries the worker wrote; reads audited synchronously instead of queued.
     written: AtomicU64,
     synchronous: AtomicU64,
+    /// Broadcast by the worker when it has made room: readers that found the queue full
+    /// wait on it (for at most `api_key_mgmt.audit_queue_wait`) before auditing
+    /// synchronously.
+    room: std::cell::UnsafeCell<pg_sys::ConditionVariable>,
 }
 
 static mut SHARED: *mut Header = std::ptr::null_mut();
-static mut LOCK: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
 
-fn capacity_setting() -> usize {
-    crate::gucs::AUDIT_QUEUE_SIZE.get().max(0) as usize
+fn capacity_setting() -> u64 {
+    crate::gucs::AUDIT_QUEUE_SIZE.get().max(0) as u64
 }
 
 fn size() -> usize {
-    std::mem::size_of::<Header>() + capacity_setting() * std::mem::size_of::<Entry>()
+    std::mem::size_of::<Header>() + Ring::<Entry>::size(capacity_setting())
 }
 
 /// Called from `_PG_init`: register the region when preloading with a non-zero size.
@@ -60,115 +65,123 @@ pub fn init() {
     }
     crate::shmem::register(crate::shmem::Region {
         name: c"api_key_mgmt audit queue",
-        tranche: TRANCHE,
-        locks: 1,
+        tranche: c"api_key_mgmt_audit",
+        locks: 0,
         size,
         init: |p| unsafe {
+            Ring::<Entry>::init(p.add(std::mem::size_of::<Header>()), capacity_setting());
             let h = p as *mut Header;
-            (*h).capacity = capacity_setting() as u64;
+            pg_sys::ConditionVariableInit((*h).room.get());
             (*h).magic = MAGIC;
         },
-        attach: |p, locks| unsafe {
-            SHARED = p as *mut Header;
-            LOCK = locks;
-        },
+        attach: |p, _| unsafe { SHARED = p as *mut Header },
     });
 }
 
-fn active() -> bool {
-    unsafe { !SHARED.is_null() && (*SHARED).magic == MAGIC }
+/// The header, when the queue exists in this server.
+fn header() -> Option<&'static Header> {
+    let h = unsafe { SHARED.as_ref()? };
+    (h.magic == MAGIC).then_some(h)
 }
 
-/// The entry at ring position `pos`. Caller holds the lock.
-unsafe fn slot(pos: u64) -> *mut Entry {
-    unsafe {
-        let base = (SHARED as *mut u8).add(std::mem::size_of::<Header>()) as *mut Entry;
-        base.add((pos % (*SHARED).capacity) as usize)
-    }
+fn ring() -> Ring<Entry> {
+    unsafe { Ring::attach((SHARED as *mut u8).add(std::mem::size_of::<Header>())) }
 }
 
-/// The queue's lock (exclusive), held until the guard drops.
-fn locked() -> crate::shmem::Guard {
-    unsafe { crate::shmem::Guard::acquire(&raw mut (*LOCK).lock, pg_sys::LWLockMode::LW_EXCLUSIVE) }
-}
-
-/// Whether the queue takes entries for `database` now: a cheap check before building
-/// one ([`enqueue`] decides again under the lock). A refusal is counted as a read
-/// audited synchronously.
+/// Whether the queue takes entries for `database` now (the worker is there; whether
+/// there is room is for [`enqueue`] to find out): a cheap check before building one. A
+/// refusal is counted as a read audited synchronously.
 pub fn accepts(database: u32) -> bool {
-    if !active() {
+    let Some(h) = header() else {
         return false;
-    }
-    let takes = {
-        let _lock = locked();
-        let h = unsafe { &*SHARED };
-        h.latch != 0 && h.database == database && audit::has_room(h.head, h.tail, h.capacity)
     };
+    let takes =
+        h.latch.load(Ordering::SeqCst) != 0 && h.database.load(Ordering::SeqCst) == database;
     if !takes {
-        unsafe { (*SHARED).synchronous.fetch_add(1, Ordering::Relaxed) };
+        h.synchronous.fetch_add(1, Ordering::Relaxed);
     }
     takes
 }
 
 /// Queue a read's entry. `false`: not queued (no queue, no worker for this database,
-/// queue full, or a value too long): the caller audits synchronously.
+/// a value too long, or the queue still full after `api_key_mgmt.audit_queue_wait`):
+/// the caller audits synchronously. A full queue drains in tens of milliseconds; the
+/// wait is bounded so that reads do not hang on a stuck worker.
 pub fn enqueue(read: &audit::Read) -> bool {
-    if !active() {
+    let Some(h) = header() else {
         return false;
-    }
-    let queued = Entry::new(read).and_then(|entry| {
-        let _lock = locked();
-        let h = unsafe { &mut *SHARED };
-        if h.latch == 0
-            || h.database != read.database
-            || !audit::has_room(h.head, h.tail, h.capacity)
-        {
-            return None;
-        }
-        let was_empty = h.head == h.tail;
-        unsafe { slot(h.head).write(entry) };
-        h.head += 1;
-        // Wake the worker for the first entry, and again at half full in case it is
-        // still gathering.
-        let half = h.head - h.tail == h.capacity.div_ceil(2);
-        Some(if was_empty || half { h.latch } else { 0 })
-    });
-    match queued {
-        Some(latch) => {
-            if latch != 0 {
-                // The worker's latch lives in its PGPROC, in shared memory.
+    };
+    let room = h.room.get();
+    let entry = Entry::new(read);
+    let mut waiting = false;
+    let started = std::time::Instant::now();
+    let queued = loop {
+        let Some(entry) = &entry else {
+            break false;
+        };
+        h.appending.fetch_add(1, Ordering::SeqCst);
+        let latch = h.latch.load(Ordering::SeqCst);
+        let taken = latch != 0 && h.database.load(Ordering::SeqCst) == read.database;
+        let pushed = taken.then(|| ring().push(entry)).flatten();
+        h.appending.fetch_sub(1, Ordering::SeqCst);
+        if let Some(p) = pushed {
+            // Wake the worker for the first entry, and again at half full in case it is
+            // still gathering. Its latch lives in its PGPROC, in shared memory.
+            if p.was_empty || p.half_full {
                 unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
             }
-            true
+            break true;
         }
-        None => {
-            unsafe { (*SHARED).synchronous.fetch_add(1, Ordering::Relaxed) };
-            false
+        let left =
+            i64::from(crate::gucs::AUDIT_QUEUE_WAIT.get()) - started.elapsed().as_millis() as i64;
+        if !taken || left <= 0 {
+            break false;
         }
+        // Full: make sure the worker is writing, and wait for it to make room.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        if !waiting {
+            unsafe { pg_sys::ConditionVariablePrepareToSleep(room) };
+            waiting = true;
+            continue;
+        }
+        unsafe { pg_sys::ConditionVariableTimedSleep(room, left, pg_sys::PG_WAIT_EXTENSION) };
+    };
+    if waiting {
+        unsafe { pg_sys::ConditionVariableCancelSleep() };
     }
+    if !queued {
+        h.synchronous.fetch_add(1, Ordering::Relaxed);
+    }
+    queued
 }
 
 /// The worker takes entries for its database from now on (no-op without the queue).
 pub fn attach_worker() {
-    if !active() {
+    let Some(h) = header() else {
         return;
-    }
-    let _lock = locked();
-    unsafe {
-        (*SHARED).latch = pg_sys::MyLatch as usize;
-        (*SHARED).database = pg_sys::MyDatabaseId.to_u32();
-        pg_sys::before_shmem_exit(Some(on_worker_exit), pg_sys::Datum::from(0usize));
-    }
+    };
+    h.database
+        .store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::SeqCst);
+    h.latch
+        .store(unsafe { pg_sys::MyLatch } as usize, Ordering::SeqCst);
+    unsafe { pg_sys::before_shmem_exit(Some(on_worker_exit), pg_sys::Datum::from(0usize)) };
 }
 
 /// The worker takes no more entries: later reads are audited synchronously. Called
-/// before its last drain at shutdown, and when it exits for any reason.
+/// before its last drain at shutdown, and when it exits for any reason. Returns once no
+/// reader is still appending (an append takes microseconds; after a second the worker
+/// stops waiting), so that last drain sees every entry taken.
 pub fn detach_worker() {
-    if !active() {
+    let Some(h) = header() else {
         return;
+    };
+    h.latch.store(0, Ordering::SeqCst);
+    for _ in 0..10_000 {
+        if h.appending.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        unsafe { pg_sys::pg_usleep(100) };
     }
-    let _lock = locked();
-    unsafe { (*SHARED).latch = 0 };
 }
 
 #[pg_guard]
@@ -178,118 +191,109 @@ unsafe extern "C-unwind" fn on_worker_exit(_code: i32, _arg: pg_sys::Datum) {
 
 /// Entries queued now (0 without the queue).
 pub fn queued() -> u64 {
-    if !active() {
-        return 0;
-    }
-    let _lock = locked();
-    let h = unsafe { &*SHARED };
-    h.head - h.tail
+    header().map_or(0, |_| ring().len())
 }
 
 /// Worker: a copy of up to [`BATCH`] queued entries and the ring position of the first.
 /// They stay queued until [`advance`] (after the transaction that wrote them commits).
 pub fn peek_batch() -> Option<(u64, Vec<Entry>)> {
-    if !active() {
-        return None;
-    }
-    let _lock = locked();
-    let h = unsafe { &*SHARED };
-    let n = (h.head - h.tail).min(BATCH as u64);
-    (n > 0).then(|| {
-        (
-            h.tail,
-            (0..n).map(|i| unsafe { *slot(h.tail + i) }).collect(),
-        )
-    })
+    header()?;
+    let (tail, entries) = ring().peek(BATCH);
+    (!entries.is_empty()).then_some((tail, entries))
 }
 
 /// Worker: the `n` entries from ring position `tail` are done — written (and committed),
 /// or dropped because the extension is not installed in the worker's database.
 pub fn advance(tail: u64, n: usize, written: bool) {
-    let _lock = locked();
-    unsafe {
-        debug_assert_eq!((*SHARED).tail, tail, "only the worker advances the tail");
-        (*SHARED).tail = tail + n as u64;
-        if written {
-            (*SHARED).written.fetch_add(n as u64, Ordering::Relaxed);
-        }
+    let Some(h) = header() else {
+        return;
+    };
+    ring().release(tail, n);
+    if written {
+        h.written.fetch_add(n as u64, Ordering::Relaxed);
     }
+    unsafe { pg_sys::ConditionVariableBroadcast(h.room.get()) };
+}
+
+thread_local! {
+    /// The binary COPY data [`copy_source`] hands to `CopyFrom`, and how much of it is read.
+    static COPY_DATA: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+/// `CopyFrom`'s data source: the next bytes of [`COPY_DATA`] (0 at its end).
+#[pg_guard]
+unsafe extern "C-unwind" fn copy_source(
+    outbuf: *mut std::ffi::c_void,
+    _minread: i32,
+    maxread: i32,
+) -> i32 {
+    COPY_DATA.with(|d| {
+        let (data, at) = &mut *d.borrow_mut();
+        let n = (data.len() - *at).min(maxread.max(0) as usize);
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(*at), outbuf as *mut u8, n) };
+        *at += n;
+        n as i32
+    })
 }
 
 /// Insert the entries into `audit_log` in the current transaction, as
-/// `api_key_mgmt_internal.audit()` would have, in one statement.
+/// `api_key_mgmt_internal.audit()` would have, with one binary `COPY FROM` (its
+/// multi-row inserts; the table's defaults, constraints, triggers and indexes apply as
+/// for any COPY). Ids are version 7 UUIDs of the read's time.
 pub fn write(entries: &[Entry]) {
-    let text = |f: fn(&Entry) -> Option<&str>| -> Vec<Option<String>> {
-        entries.iter().map(|e| f(e).map(str::to_owned)).collect()
-    };
-    let at: Vec<i64> = entries.iter().map(|e| e.occurred_at).collect();
-    let tenant: Vec<Option<Uuid>> = entries
-        .iter()
-        .map(|e| e.tenant().map(Uuid::from_bytes))
-        .collect();
-    let secret: Vec<Uuid> = entries
-        .iter()
-        .map(|e| Uuid::from_bytes(e.secret()))
-        .collect();
-    let source: Vec<Option<String>> = entries
-        .iter()
-        .map(|e| e.source().map(|s| s.as_str().to_owned()))
-        .collect();
-    let args = [
-        at.into(),
-        tenant.into(),
-        text(Entry::actor).into(),
-        text(Entry::actor_role).into(),
-        secret.into(),
-        text(Entry::provider).into(),
-        source.into(),
-        text(Entry::scope).into(),
-        text(Entry::client_ip).into(),
-        text(Entry::user_agent).into(),
-    ];
-    // Prepared once per worker (the plan cache revalidates it after DDL). The worker's
-    // search_path is pg_catalog, pg_temp (src/agents_pg.rs).
-    Spi::connect_mut(|client| {
-        INSERT_PLAN.with(|cell| {
-            let mut plan = cell.borrow_mut();
-            if plan.is_none() {
-                use pg_sys::BuiltinOid::*;
-                let types = [
-                    INT8ARRAYOID,
-                    UUIDARRAYOID,
-                    TEXTARRAYOID,
-                    TEXTARRAYOID,
-                    UUIDARRAYOID,
-                    TEXTARRAYOID,
-                    TEXTARRAYOID,
-                    TEXTARRAYOID,
-                    TEXTARRAYOID,
-                    TEXTARRAYOID,
-                ]
-                .map(pgrx::PgOid::BuiltIn);
-                *plan = Some(client.prepare_mut(INSERT, &types)?.keep());
-            }
-            client
-                .update(plan.as_ref().expect("prepared above"), None, &args)
-                .map(|_| ())
-        })
-    })
-    .expect("write queued audit entries");
-}
-
-/// The worker's INSERT of a batch, `$1`..`$10` one array per column.
-const INSERT: &str =
-    "INSERT INTO api_key_mgmt.audit_log (occurred_at, tenant_id, actor, actor_role, \
-         action, target_type, target_id, details, client_ip, user_agent) \
-     SELECT timestamptz '2000-01-01 00:00:00+00' + u.us * interval '1 microsecond', u.t, \
-            u.actor, u.role, 'secret.decrypted', 'secret', u.sid::text, \
-            jsonb_build_object('provider', u.p, 'source', u.s, 'scope', u.sc), u.ip, u.ua \
-       FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-            AS u(us, t, actor, role, sid, p, s, sc, ip, ua)";
-
-thread_local! {
-    static INSERT_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
+    let data = audit::copy_binary(entries, |e| {
+        let unix_ms = (e.occurred_at / 1000 + 946_684_800_000).max(0) as u64;
+        audit::uuid_v7(unix_ms, rand::random())
+    });
+    COPY_DATA.with(|d| *d.borrow_mut() = (data, 0));
+    let name = |s: &CStr| unsafe { pg_sys::makeString(pg_sys::pstrdup(s.as_ptr())) };
+    unsafe {
+        let rel = pg_sys::table_open(
+            crate::catalog::oid(c"audit_log"),
+            pg_sys::RowExclusiveLock as i32,
+        );
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            rel,
+            pg_sys::RowExclusiveLock as i32,
+            std::ptr::null_mut(),
+            false,
+            false,
+        );
+        let mut columns = std::ptr::null_mut();
+        for c in audit::COPY_COLUMNS {
+            columns = pg_sys::lappend(columns, name(c).cast());
+        }
+        let format = pg_sys::makeDefElem(
+            pg_sys::pstrdup(c"format".as_ptr()),
+            name(c"binary").cast(),
+            -1,
+        );
+        let options = pg_sys::lappend(std::ptr::null_mut(), format.cast());
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let cstate = pg_sys::BeginCopyFrom(
+            pstate,
+            rel,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            false,
+            Some(copy_source),
+            columns,
+            options,
+        );
+        let rows = pg_sys::CopyFrom(cstate);
+        pg_sys::EndCopyFrom(cstate);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::free_parsestate(pstate);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        assert_eq!(
+            rows,
+            entries.len() as u64,
+            "every queued audit entry is written"
+        );
+    }
+    COPY_DATA.with(|d| *d.borrow_mut() = (Vec::new(), 0));
 }
 
 /// `uuid_v7() RETURNS uuid` — internal: the default of `audit_log.id`.
@@ -316,20 +320,17 @@ fn audit_queue_status() -> TableIterator<
         name!(synchronous, i64),
     ),
 > {
-    if !active() {
+    let Some(h) = header() else {
         return TableIterator::once(("synchronous".to_owned(), 0, 0, 0, 0));
-    }
-    let row = {
-        let _lock = locked();
-        let h = unsafe { &*SHARED };
-        let here = h.latch != 0 && h.database == unsafe { pg_sys::MyDatabaseId }.to_u32();
-        (
-            if here { "queue" } else { "synchronous" }.to_owned(),
-            h.capacity as i64,
-            (h.head - h.tail) as i64,
-            h.written.load(Ordering::Relaxed) as i64,
-            h.synchronous.load(Ordering::Relaxed) as i64,
-        )
     };
+    let here = h.latch.load(Ordering::SeqCst) != 0
+        && h.database.load(Ordering::SeqCst) == unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let row = (
+        if here { "queue" } else { "synchronous" }.to_owned(),
+        ring().capacity() as i64,
+        ring().len() as i64,
+        h.written.load(Ordering::Relaxed) as i64,
+        h.synchronous.load(Ordering::Relaxed) as i64,
+    );
     TableIterator::once(row)
 }

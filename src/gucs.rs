@@ -50,6 +50,9 @@ pub static AUDIT_SECRET_READS: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Entries of the shared-memory queue of secret-read audit entries (src/audit_pg.rs),
 /// fixed at server start; 0: no queue.
 pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
+/// How long (ms) a read waits for room in a full audit queue before it is audited
+/// synchronously.
+pub static AUDIT_QUEUE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Write each secret-read audit entry in the reading transaction, never through the queue.
 pub static AUDIT_READS_IN_TRANSACTION: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -214,6 +217,16 @@ pub fn init() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         define_audit_queue_size();
     }
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.audit_queue_wait",
+        c"Milliseconds a secret read waits for room in a full audit queue before it is audited synchronously.",
+        c"0: never wait. A full queue normally drains within tens of milliseconds.",
+        &AUDIT_QUEUE_WAIT,
+        0,
+        60_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_bool_guc(
         c"api_key_mgmt.audit_reads_in_transaction",
         c"Write each secret-read audit entry in the reading transaction instead of through the queue.",

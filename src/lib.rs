@@ -44,6 +44,7 @@ pub mod metering_pg;
 pub mod ratelimit;
 pub mod ratelimit_pg;
 pub mod result_row;
+pub mod ring;
 pub mod scopes;
 pub mod secrets_pg;
 pub mod shmem;

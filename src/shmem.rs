@@ -12,7 +12,7 @@ use std::sync::Mutex;
 pub struct Region {
     /// The `ShmemInitStruct` name.
     pub name: &'static CStr,
-    /// The named LWLock tranche and how many locks it has.
+    /// The named LWLock tranche and how many locks it has (none: `attach` gets null).
     pub tranche: &'static CStr,
     pub locks: i32,
     /// Its size in bytes (from server-start settings only: asked at request time and
@@ -53,7 +53,9 @@ unsafe extern "C-unwind" fn on_request() {
         }
         for r in REGIONS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             pg_sys::RequestAddinShmemSpace((r.size)());
-            pg_sys::RequestNamedLWLockTranche(r.tranche.as_ptr(), r.locks);
+            if r.locks > 0 {
+                pg_sys::RequestNamedLWLockTranche(r.tranche.as_ptr(), r.locks);
+            }
         }
     }
 }
@@ -74,7 +76,12 @@ unsafe extern "C-unwind" fn on_startup() {
                 std::ptr::write_bytes(p, 0, size);
                 (r.init)(p);
             }
-            (r.attach)(p, pg_sys::GetNamedLWLockTranche(r.tranche.as_ptr()));
+            let locks = if r.locks > 0 {
+                pg_sys::GetNamedLWLockTranche(r.tranche.as_ptr())
+            } else {
+                std::ptr::null_mut()
+            };
+            (r.attach)(p, locks);
         }
         pg_sys::LWLockRelease(init_lock);
     }

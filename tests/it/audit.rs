@@ -240,3 +240,161 @@ fn audit_queue_written_before_a_clean_shutdown() {
     assert_eq!(audited(&mut su, &secret_id), 3);
     cluster.destroy();
 }
+
+/// A read that finds the queue full waits (up to `api_key_mgmt.audit_queue_wait`) for
+/// the worker to make room instead of writing in its own transaction: a READ ONLY read
+/// held up by a full queue succeeds once the worker can write again. Then 8 sessions
+/// read concurrently through a queue of 16 (it fills and wraps around over and over):
+/// every read is written exactly once, none synchronously, with an id whose version 7
+/// time is the read's `occurred_at`, and the table's own triggers fire for the rows
+/// the worker writes.
+#[test]
+fn audit_queue_waits_for_room_and_loses_nothing() {
+    let mut cluster = Cluster::init("auditq_wait");
+    let conf = cluster.data().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n"
+    ));
+    std::fs::write(&conf, text).unwrap();
+    cluster.start();
+    let path = key_dir(&cluster).join("it_audit_wait");
+    write_private(
+        &cluster,
+        &path,
+        &format!("1 {}\n", MasterKey::random(1).hex()),
+    );
+    let mut su = cluster.connect("postgres");
+    su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
+    set_database_key_file(&mut su, "postgres", &path);
+    let mut su = cluster.connect("postgres");
+    let tenant = create_tenant(&mut su, "waits for room");
+    let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
+    // A trigger of the site's own on audit_log: it must see the worker's rows.
+    su.batch_execute(
+        "CREATE TABLE public.seen (action text, target_id text);
+         CREATE FUNCTION public.note_audit() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.seen VALUES (NEW.action, NEW.target_id); RETURN NULL; END $$;
+         CREATE TRIGGER note_audit AFTER INSERT ON api_key_mgmt.audit_log
+           FOR EACH ROW EXECUTE FUNCTION public.note_audit();",
+    )
+    .unwrap();
+    wait_until("the worker takes entries", Duration::from_secs(30), || {
+        status(&mut su).0 == "queue"
+    });
+    let synchronous = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT synchronous FROM api_key_mgmt.audit_queue_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let sync_before = synchronous(&mut su);
+
+    // Fill the queue while the worker cannot write.
+    let mut holder = cluster.connect("postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE api_key_mgmt.audit_log IN EXCLUSIVE MODE")
+        .unwrap();
+    let mut reader = cluster.connect("postgres");
+    reader
+        .batch_execute(
+            "SET default_transaction_read_only = on; SET api_key_mgmt.audit_queue_wait = '60s'",
+        )
+        .unwrap();
+    for _ in 0..QUEUE {
+        try_get_secret(&mut reader, Some(&tenant), "openai", None).unwrap();
+    }
+    assert_eq!(status(&mut su).1, QUEUE);
+    let waiting = std::thread::spawn(move || {
+        let r = try_get_secret(&mut reader, Some(&tenant), "openai", None).map(|p| p.is_some());
+        (r, reader)
+    });
+    wait_until("the read waits for room", Duration::from_secs(30), || {
+        su.query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE backend_type = 'client backend' AND wait_event = 'Extension'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    });
+    assert!(!waiting.is_finished());
+    holder.batch_execute("ROLLBACK").unwrap();
+    let (read, _reader) = waiting.join().unwrap();
+    assert!(
+        read.unwrap(),
+        "the read-only read succeeds once there is room"
+    );
+    wait_until("the queue is written", Duration::from_secs(30), || {
+        audited(&mut su, &secret_id) == QUEUE + 1 && status(&mut su).1 == 0
+    });
+    assert_eq!(
+        synchronous(&mut su),
+        sync_before,
+        "nothing audited synchronously"
+    );
+
+    // Many readers at once through a small queue.
+    const READERS: i64 = 8;
+    const EACH: i64 = 150;
+    let tenant = create_tenant(&mut su, "many readers");
+    let many_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
+    let written_before = status(&mut su).2;
+    let threads: Vec<_> = (0..READERS)
+        .map(|_| {
+            let mut c = cluster.connect("postgres");
+            let tenant = tenant.clone();
+            std::thread::spawn(move || {
+                c.batch_execute("SET api_key_mgmt.audit_queue_wait = '60s'")
+                    .unwrap();
+                for _ in 0..EACH {
+                    get_secret(&mut c, Some(&tenant), "openai", None);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    wait_until("every read is written", Duration::from_secs(60), || {
+        status(&mut su).1 == 0
+    });
+    assert_eq!(audited(&mut su, &many_id), READERS * EACH, "each read once");
+    assert_eq!(status(&mut su).2, written_before + READERS * EACH);
+    assert_eq!(synchronous(&mut su), sync_before);
+    let row = su
+        .query_one(
+            "SELECT count(*) FILTER (WHERE ('x' || lpad(replace(left(id::text, 13), '-', ''), 16, '0'))::bit(64)::bigint
+                                           = floor(extract(epoch FROM occurred_at) * 1000)::bigint
+                                       AND substr(id::text, 15, 1) = '7'),
+                    count(DISTINCT id), count(*)
+               FROM api_key_mgmt.audit_log WHERE action = 'secret.decrypted' AND target_id = $1",
+            &[&many_id],
+        )
+        .unwrap();
+    let total = READERS * EACH;
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (total, total, total),
+        "version 7 ids of the read's time, all distinct"
+    );
+    let seen: i64 = su
+        .query_one(
+            "SELECT count(*) FROM public.seen WHERE action = 'secret.decrypted' AND target_id = $1",
+            &[&many_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        seen, total,
+        "the table's triggers fire for the worker's rows"
+    );
+    cluster.destroy();
+}
