@@ -34,7 +34,7 @@ pub struct Row {
 /// Which version of a row a [`Row`] was copied from: its TID and (raw) `xmin`. A
 /// version visible to a snapshot is the only visible version of its row, so facts
 /// derived from it can be reused while [`still_visible`] says so.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Stamp {
     block: u32,
     offset: u16,
@@ -207,10 +207,7 @@ pub fn still_visible(table: &'static CStr, stamp: Stamp, id_column: &str, id: &[
         tuple.t_self.ip_posid = stamp.offset;
         let mut buffer: pg_sys::Buffer = 0;
         let mut same = false;
-        // The block may no longer exist (truncated by VACUUM): then it is not the row.
-        let nblocks =
-            pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
-        if stamp.block < nblocks
+        if block_exists(rel, stamp.block)
             && pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false)
         {
             let xmin: u32 = (*tuple.t_data).t_choice.t_heap.t_xmin.into();
@@ -229,14 +226,39 @@ pub fn still_visible(table: &'static CStr, stamp: Stamp, id_column: &str, id: &[
     }
 }
 
+/// Whether block `block` of the open (locked) table still exists: VACUUM may have
+/// truncated the table since a row was found there, and reading a block past the end is
+/// an ERROR. Answered from the size the backend's storage manager last saw when that
+/// is larger, else with `lseek` (which also updates that size). This is safe because
+/// only a truncation shrinks a table, and it sends a storage invalidation at once,
+/// while holding ACCESS EXCLUSIVE: taking our lock processed it, which dropped the
+/// remembered size; and while we hold our lock no truncation can start.
+unsafe fn block_exists(rel: pg_sys::Relation, block: u32) -> bool {
+    unsafe {
+        let smgr = (*rel).rd_smgr;
+        let main = pg_sys::ForkNumber::MAIN_FORKNUM as usize;
+        if !smgr.is_null() {
+            let known = (*smgr).smgr_cached_nblocks[main];
+            if known != pg_sys::InvalidBlockNumber && block < known {
+                return true;
+            }
+        }
+        block < pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM)
+    }
+}
+
 /// A per-backend cache of values derived from rows, each with the [`Stamp`] of the row
 /// version it came from, emptied when the catalog [`generation`] changes (a table
 /// rewrite moves rows) and when it holds `capacity` entries. Its users check an entry
 /// with [`still_visible`] before trusting it.
+///
+/// Keys hash with foldhash (a cache hit is on every read's path; SipHash was a tenth of
+/// the extension's own instructions there) and are looked up by any borrowed form that
+/// hashes and compares the same (`hashbrown::Equivalent`), so a hit allocates nothing.
 pub struct RowCache<K, V> {
     generation: u64,
     capacity: usize,
-    entries: HashMap<K, (Stamp, V)>,
+    entries: hashbrown::HashMap<K, (Stamp, V)>,
 }
 
 impl<K: std::hash::Hash + Eq, V: Clone> RowCache<K, V> {
@@ -244,12 +266,15 @@ impl<K: std::hash::Hash + Eq, V: Clone> RowCache<K, V> {
         RowCache {
             generation: 0,
             capacity,
-            entries: HashMap::new(),
+            entries: hashbrown::HashMap::new(),
         }
     }
 
     /// The entry of `key` read under the current generation.
-    pub fn get(&mut self, key: &K) -> Option<(Stamp, V)> {
+    pub fn get<Q>(&mut self, key: &Q) -> Option<(Stamp, V)>
+    where
+        Q: std::hash::Hash + hashbrown::Equivalent<K> + ?Sized,
+    {
         if self.generation != generation() {
             self.generation = generation();
             self.entries.clear();

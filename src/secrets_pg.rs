@@ -10,11 +10,11 @@ use crate::catalog::{self, Key, Row};
 use crate::crypto::{self, CryptoError, MasterKeys};
 use crate::result_row::ResultRow;
 use crate::scopes;
+use hashbrown::{HashMap, HashSet};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode, Uuid};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
 use zeroize::Zeroizing;
@@ -33,7 +33,7 @@ struct Keyring {
     keys: MasterKeys,
     verified: HashSet<i32>,
     /// Boxed: growing the map moves only pointers, so no copy of a key is left behind
-    /// unwiped (a `DataKey` wipes itself when dropped).
+    /// unwiped (a `DataKey` wipes itself when dropped). foldhash, as `catalog::RowCache`.
     data_keys: HashMap<(i32, Option<[u8; 16]>), Box<crypto::DataKey>>,
 }
 
@@ -376,11 +376,40 @@ thread_local! {
         RefCell::new(catalog::RowCache::new(SECRET_CACHE));
 }
 
+/// A [`Slot`] borrowed from a call's arguments: it hashes and compares as the owned
+/// tuple does, so a cache hit allocates nothing.
+#[derive(Clone, Copy)]
+struct SlotRef<'a>(Option<[u8; 16]>, &'a str, Option<&'a str>, &'a str);
+
+impl std::hash::Hash for SlotRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // As the tuple `Slot` hashes: field by field (a `String` hashes as its `str`).
+        (self.0, self.1, self.2, self.3).hash(h)
+    }
+}
+
+impl hashbrown::Equivalent<Slot> for SlotRef<'_> {
+    fn equivalent(&self, key: &Slot) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2.as_deref() && self.3 == key.3
+    }
+}
+
+impl SlotRef<'_> {
+    fn owned(self) -> Slot {
+        (
+            self.0,
+            self.1.to_owned(),
+            self.2.map(str::to_owned),
+            self.3.to_owned(),
+        )
+    }
+}
+
 /// The cached secret of `slot` if its row version is still the one the current
 /// snapshot sees (one heap fetch by TID instead of the index probe). Only secrets
 /// found at the first place a resolution looks are cached: nothing can come before
 /// them, so a visible cached version is exactly what the probe would return.
-fn cached_secret(slot: &Slot) -> Option<Rc<Sealed>> {
+fn cached_secret(slot: &SlotRef) -> Option<Rc<Sealed>> {
     let (stamp, secret) = SECRETS.with(|c| c.borrow_mut().get(slot))?;
     catalog::still_visible(c"tenant_secrets", stamp, "id", secret.id.as_bytes()).then_some(secret)
 }
@@ -434,14 +463,7 @@ fn resolve(
     let env_datum = environment.into_datum();
     for (i, (t, m, source)) in candidates(tenant, model).into_iter().enumerate() {
         // Only the first place looked at is cached (see cached_secret).
-        let slot: Option<Slot> = (i == 0).then(|| {
-            (
-                t.map(|t| *t.as_bytes()),
-                provider.to_owned(),
-                m.map(str::to_owned),
-                environment.to_owned(),
-            )
-        });
+        let slot = (i == 0).then(|| SlotRef(t.map(|t| *t.as_bytes()), provider, m, environment));
         let secret = match slot.as_ref().and_then(cached_secret) {
             Some(secret) => secret,
             None => {
@@ -475,7 +497,10 @@ fn resolve(
                 };
                 let secret = Rc::new(Sealed::of(&row));
                 if let Some(slot) = slot {
-                    SECRETS.with(|c| c.borrow_mut().put(slot, row.stamp(), secret.clone()));
+                    SECRETS.with(|c| {
+                        c.borrow_mut()
+                            .put(slot.owned(), row.stamp(), secret.clone())
+                    });
                 }
                 secret
             }
@@ -677,5 +702,47 @@ mod tests {
             ]
         );
         assert_eq!(order(None, None), vec![(false, false, Source::Platform)]);
+    }
+
+    #[test]
+    fn slot_refs_find_owned_slots() {
+        let stamp = catalog::Stamp::default();
+        let mut cache: catalog::RowCache<Slot, u8> = catalog::RowCache::new(8);
+        let t = Some([7u8; 16]);
+        cache.get(&SlotRef(None, "", None, "")); // takes the current generation
+        cache.put(SlotRef(t, "openai", None, "prod").owned(), stamp, 1);
+        cache.put(
+            SlotRef(t, "openai", Some("gpt-4o"), "prod").owned(),
+            stamp,
+            2,
+        );
+        cache.put(SlotRef(None, "openai", None, "prod").owned(), stamp, 3);
+        let get = |c: &mut catalog::RowCache<Slot, u8>, s: SlotRef| c.get(&s).map(|(_, v)| v);
+        assert_eq!(get(&mut cache, SlotRef(t, "openai", None, "prod")), Some(1));
+        assert_eq!(
+            get(&mut cache, SlotRef(t, "openai", Some("gpt-4o"), "prod")),
+            Some(2)
+        );
+        assert_eq!(
+            get(&mut cache, SlotRef(None, "openai", None, "prod")),
+            Some(3)
+        );
+        assert_eq!(
+            get(&mut cache, SlotRef(t, "openai", Some(""), "prod")),
+            None
+        );
+        assert_eq!(get(&mut cache, SlotRef(t, "openai", None, "dev")), None);
+        assert_eq!(get(&mut cache, SlotRef(t, "anthropic", None, "prod")), None);
+        assert_eq!(
+            get(&mut cache, SlotRef(Some([8; 16]), "openai", None, "prod")),
+            None
+        );
+        // Field boundaries count: ("ab", "c") is not ("a", "bc").
+        cache.put(SlotRef(t, "ab", Some("c"), "prod").owned(), stamp, 4);
+        assert_eq!(get(&mut cache, SlotRef(t, "a", Some("bc"), "prod")), None);
+        assert_eq!(
+            get(&mut cache, SlotRef(t, "ab", Some("c"), "prod")),
+            Some(4)
+        );
     }
 }

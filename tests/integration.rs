@@ -1480,6 +1480,67 @@ fn secret_reads_follow_snapshots() {
     );
 }
 
+/// A cached secret whose page VACUUM has since truncated away: the next read in a
+/// transaction that began before the VACUUM (so the cache still holds the old row
+/// version when the read starts) finds the block gone instead of reading past the end
+/// of the table, and answers what the table holds now.
+#[test]
+fn secret_cache_survives_vacuum_truncation() {
+    let db = TestDb::new("it_sec_truncate");
+    let cluster = db.cluster();
+    let file = KeyFile::create(cluster, "it_sec_truncate", vec![MasterKey::random(1)], None);
+    let mut main = db.connect();
+    set_database_key_file(&mut main, &db.name, &file.path);
+    let mut main = db.connect();
+    let platform = openai_secret();
+    put_secret(&mut main, None, "openai", &platform, None);
+    main.batch_execute(
+        "SELECT api_key_mgmt.put_tenant_secret(api_key_mgmt.create_tenant('filler ' || g), 'openai',
+                                               'sk-proj-' || md5(g::text) || md5('x' || g))
+           FROM generate_series(1, 300) g",
+    )
+    .unwrap();
+    let tenant = create_tenant(&mut main, "last page");
+    let last = openai_secret();
+    put_secret(&mut main, Some(&tenant), "openai", &last, None);
+    let size = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT pg_relation_size('api_key_mgmt.tenant_secrets')",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = size(&mut main);
+    let mut reader = db.connect();
+    for _ in 0..2 {
+        assert_eq!(
+            get_secret(&mut reader, Some(&tenant), "openai", None),
+            Some(last.clone())
+        );
+    }
+    // A transaction that began before the VACUUM, not yet holding a lock on the table.
+    reader.batch_execute("BEGIN; SELECT 1").unwrap();
+    main.batch_execute("DELETE FROM api_key_mgmt.tenant_secrets WHERE tenant_id IS NOT NULL")
+        .unwrap();
+    main.batch_execute("VACUUM api_key_mgmt.tenant_secrets")
+        .unwrap();
+    let after = size(&mut main);
+    assert!(
+        after < before,
+        "VACUUM truncated the table ({before} -> {after} bytes)"
+    );
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(platform.clone())
+    );
+    reader.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        get_secret(&mut reader, Some(&tenant), "openai", None),
+        Some(platform)
+    );
+}
+
 /// Who may store, read and decrypt tenant secrets, and who may see or change the key
 /// file setting.
 #[test]
