@@ -176,6 +176,8 @@ pub fn detach_worker() {
         return;
     };
     h.latch.store(0, Ordering::SeqCst);
+    // Readers waiting for room stop waiting and audit synchronously.
+    unsafe { pg_sys::ConditionVariableBroadcast(h.room.get()) };
     for _ in 0..10_000 {
         if h.appending.load(Ordering::SeqCst) == 0 {
             return;
