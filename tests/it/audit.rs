@@ -11,19 +11,48 @@ use std::time::Duration;
 
 const QUEUE: i64 = 16;
 
+/// A started cluster of its own whose audit queue holds [`QUEUE`] entries, with
+/// `extra` lines of configuration.
+fn cluster_with_queue(name: &str, extra: &str) -> Cluster {
+    let mut c = Cluster::init(name);
+    let conf = c.data().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n{extra}\n"
+    ));
+    std::fs::write(&conf, text).unwrap();
+    c.start();
+    c
+}
+
 fn queue_cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(|| {
-        let mut c = Cluster::init("auditq");
-        let conf = c.data().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str(&format!(
-            "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n"
-        ));
-        std::fs::write(&conf, text).unwrap();
-        c.start();
-        c
-    })
+    C.get_or_init(|| cluster_with_queue("auditq", ""))
+}
+
+/// The extension in `postgres` with a key file of its own, a tenant and its OpenAI
+/// secret, once the worker takes entries: (superuser session, tenant, secret id).
+fn secret_behind_the_queue(
+    cluster: &Cluster,
+    key_file: &str,
+    tenant: &str,
+) -> (Client, String, String) {
+    let path = key_dir(cluster).join(key_file);
+    write_private(
+        cluster,
+        &path,
+        &format!("1 {}\n", MasterKey::random(1).hex()),
+    );
+    let mut su = cluster.connect("postgres");
+    su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
+    set_database_key_file(&mut su, "postgres", &path);
+    let mut su = cluster.connect("postgres");
+    let tenant = create_tenant(&mut su, tenant);
+    let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
+    wait_until("the worker takes entries", Duration::from_secs(30), || {
+        status(&mut su).0 == "queue"
+    });
+    (su, tenant, secret_id)
 }
 
 /// (mode, queued, written)
@@ -176,30 +205,10 @@ fn audit_secret_reads_through_the_queue() {
 /// sees SIGTERM, detaches and writes the queue; after a restart all three are there.
 #[test]
 fn audit_queue_written_before_a_clean_shutdown() {
-    let mut cluster = Cluster::init("auditq_stop");
-    let conf = cluster.data().join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str(&format!(
-        "\napi_key_mgmt.audit_queue_size = {QUEUE}\napi_key_mgmt.agent_maintenance_interval = 1\n\
-         max_connections = 40\nshared_buffers = 16MB\n"
-    ));
-    std::fs::write(&conf, text).unwrap();
-    cluster.start();
-    let path = key_dir(&cluster).join("it_audit_stop");
-    write_private(
-        &cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
-    let mut su = cluster.connect("postgres");
-    su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
-    set_database_key_file(&mut su, "postgres", &path);
-    let mut su = cluster.connect("postgres");
-    let tenant = create_tenant(&mut su, "audited at shutdown");
-    let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
-    wait_until("the worker takes entries", Duration::from_secs(30), || {
-        status(&mut su).0 == "queue"
-    });
+    let mut cluster =
+        cluster_with_queue("auditq_stop", "api_key_mgmt.agent_maintenance_interval = 1");
+    let (mut su, tenant, secret_id) =
+        secret_behind_the_queue(&cluster, "it_audit_stop", "audited at shutdown");
 
     let mut holder = cluster.connect("postgres");
     holder
@@ -250,26 +259,9 @@ fn audit_queue_written_before_a_clean_shutdown() {
 /// the worker writes.
 #[test]
 fn audit_queue_waits_for_room_and_loses_nothing() {
-    let mut cluster = Cluster::init("auditq_wait");
-    let conf = cluster.data().join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str(&format!(
-        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n"
-    ));
-    std::fs::write(&conf, text).unwrap();
-    cluster.start();
-    let path = key_dir(&cluster).join("it_audit_wait");
-    write_private(
-        &cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
-    let mut su = cluster.connect("postgres");
-    su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
-    set_database_key_file(&mut su, "postgres", &path);
-    let mut su = cluster.connect("postgres");
-    let tenant = create_tenant(&mut su, "waits for room");
-    let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
+    let cluster = cluster_with_queue("auditq_wait", "");
+    let (mut su, tenant, secret_id) =
+        secret_behind_the_queue(&cluster, "it_audit_wait", "waits for room");
     // A trigger of the site's own on audit_log: it must see the worker's rows.
     su.batch_execute(
         "CREATE TABLE public.seen (action text, target_id text);
