@@ -284,16 +284,13 @@ pub fn write(entries: &[Entry]) {
             columns,
             options,
         );
-        let rows = pg_sys::CopyFrom(cstate);
+        // Fewer rows than entries only if a BEFORE trigger of the site's own skipped
+        // some: that is its choice, not a reason to write the batch again.
+        pg_sys::CopyFrom(cstate);
         pg_sys::EndCopyFrom(cstate);
         pg_sys::PopActiveSnapshot();
         pg_sys::free_parsestate(pstate);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
-        assert_eq!(
-            rows,
-            entries.len() as u64,
-            "every queued audit entry is written"
-        );
     }
     COPY_DATA.with(|d| *d.borrow_mut() = (Vec::new(), 0));
 }

@@ -252,7 +252,7 @@ unsafe fn block_exists(rel: pg_sys::Relation, block: u32) -> bool {
 /// rewrite moves rows) and when it holds `capacity` entries. Its users check an entry
 /// with [`still_visible`] before trusting it.
 ///
-/// Keys hash with foldhash (a cache hit is on every read's path; SipHash was a tenth of
+/// Keys hash with foldhash (a cache hit is on every read's path; SipHash was about 15 % of
 /// the extension's own instructions there) and are looked up by any borrowed form that
 /// hashes and compares the same (`hashbrown::Equivalent`), so a hit allocates nothing.
 pub struct RowCache<K, V> {
