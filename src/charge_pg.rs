@@ -120,10 +120,7 @@ pub unsafe extern "C-unwind" fn akm_charge_api_key(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let arg = |i: usize| {
-            let a = (*fcinfo).args.as_slice(10)[i];
-            (!a.isnull).then_some(a.value)
-        };
+        let arg = |i: usize| pgrx::fcinfo::pg_getarg_datum(fcinfo, i);
         let idempotency_key = pg_getarg::<&str>(fcinfo, 6);
         let rate_cost = pg_getarg::<i32>(fcinfo, 9);
         let cost = check_charge_args(

@@ -459,8 +459,6 @@ fn resolve(
             "",
         ),
     };
-    let provider_datum = provider.into_datum();
-    let env_datum = environment.into_datum();
     for (i, (t, m, source)) in candidates(tenant, model).into_iter().enumerate() {
         // Only the first place looked at is cached (see cached_secret).
         let slot = (i == 0).then(|| SlotRef(t.map(|t| *t.as_bytes()), provider, m, environment));
@@ -476,7 +474,7 @@ fn resolve(
                     },
                     Key {
                         column: "provider",
-                        value: provider_datum,
+                        value: provider.into_datum(),
                         eq_proc: pg_sys::F_TEXTEQ,
                     },
                     Key {
@@ -486,7 +484,7 @@ fn resolve(
                     },
                     Key {
                         column: "environment",
-                        value: env_datum,
+                        value: environment.into_datum(),
                         eq_proc: pg_sys::F_TEXTEQ,
                     },
                 ];
