@@ -9,6 +9,13 @@
 CREATE SCHEMA api_key_mgmt_internal;
 COMMENT ON SCHEMA api_key_mgmt_internal IS
     'api_key_mgmt: internal helpers; not an API, not to be exposed through PostgREST';
+-- The bodies of the public SECURITY DEFINER functions: each runs as the extension's
+-- owner and is reached only through the entry point of the same name in api_key_mgmt
+-- (sql/098_entry_points.sql, src/caller.rs), which records the role that called it.
+-- Nothing here is granted to anyone.
+CREATE SCHEMA api_key_mgmt_impl;
+COMMENT ON SCHEMA api_key_mgmt_impl IS
+    'api_key_mgmt: bodies of the SECURITY DEFINER functions; called only through api_key_mgmt''s entry points';
 COMMENT ON SCHEMA api_key_mgmt IS
     'api_key_mgmt: API keys and tenants (see README for the SQL API)';
 

@@ -8,10 +8,45 @@
 -- or key, 55000 the object's state forbids it, 23505 a duplicate.
 
 -- actor() -> text: who is acting, for created_by and the audit log: the JWT sub, the
--- setting api_key_mgmt.user_id, or the database role.
+-- setting api_key_mgmt.user_id, or the database role. 22023 when the user id is longer
+-- than the 200 characters a created_by column holds (checked before any write, so no
+-- constraint of a table ever refuses it and prints its row).
 CREATE FUNCTION api_key_mgmt_internal.actor() RETURNS text
-    LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(api_key_mgmt.current_user_id(), api_key_mgmt_internal.invoker_name());
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v text := COALESCE(api_key_mgmt.current_user_id(), api_key_mgmt_internal.invoker_name());
+BEGIN
+    IF pg_catalog.char_length(v) > 200 THEN
+        RAISE EXCEPTION 'the acting user id (JWT sub claim or api_key_mgmt.user_id) must be at most 200 characters'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- check_flat(what, array): 22023 for an array of more than one dimension.
+CREATE FUNCTION api_key_mgmt_internal.check_flat(what text, value anyarray)
+    RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF pg_catalog.array_ndims(value) > 1 THEN
+        RAISE EXCEPTION '% must be a one-dimensional array', what USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
+-- json_text(what, value) -> text: a JSON string as text, NULL for JSON null; 22023
+-- for any other JSON type (a number or object where a name is expected).
+CREATE FUNCTION api_key_mgmt_internal.json_text(what text, value jsonb)
+    RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL OR pg_catalog.jsonb_typeof(value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF pg_catalog.jsonb_typeof(value) <> 'string' THEN
+        RAISE EXCEPTION '% must be a JSON string', what USING ERRCODE = '22023';
+    END IF;
+    RETURN value #>> '{}';
+END
 $$;
 
 -- check_text(what, value, max_len): 22004 for NULL, 22023 for empty or too long.
@@ -50,6 +85,7 @@ BEGIN
     IF scopes IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', what USING ERRCODE = '22004';
     END IF;
+    PERFORM api_key_mgmt_internal.check_flat(what, scopes);
     IF pg_catalog.array_position(scopes, NULL) IS NOT NULL THEN
         RAISE EXCEPTION '% must not contain NULL', what USING ERRCODE = '22004';
     END IF;
@@ -79,6 +115,8 @@ $$;
 CREATE FUNCTION api_key_mgmt_internal.check_allowlists(providers text[], models text[])
     RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+    PERFORM api_key_mgmt_internal.check_flat('allowed_providers', providers);
+    PERFORM api_key_mgmt_internal.check_flat('allowed_models', models);
     IF providers IS NOT NULL AND (pg_catalog.cardinality(providers) NOT BETWEEN 1 AND 64
         OR NOT api_key_mgmt_internal.providers_valid(providers)) THEN
         RAISE EXCEPTION 'allowed_providers must be NULL (any) or 1 to 64 provider ids'
@@ -168,7 +206,7 @@ END
 $$;
 
 -- create_tenant(name, allowed_scopes, external_id, key_type_prefix, max_key_age, settings) -> uuid
-CREATE FUNCTION api_key_mgmt.create_tenant(
+CREATE FUNCTION api_key_mgmt_impl.create_tenant(
     name text,
     allowed_scopes text[] DEFAULT '{*}',
     external_id text DEFAULT NULL,
@@ -213,7 +251,7 @@ $$;
 -- update_tenant(tenant_id, changes jsonb) -> void. Fields: name, external_id,
 -- allowed_scopes, key_type_prefix, max_key_age, settings; a JSON null clears
 -- external_id or max_key_age.
-CREATE FUNCTION api_key_mgmt.update_tenant(tenant_id uuid, changes jsonb) RETURNS void
+CREATE FUNCTION api_key_mgmt_impl.update_tenant(tenant_id uuid, changes jsonb) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.tenants;
@@ -230,11 +268,11 @@ BEGIN
     END IF;
     v := api_key_mgmt_internal.tenant_row(update_tenant.tenant_id, false);
     IF changes ? 'name' THEN
-        v.name := changes ->> 'name';
+        v.name := api_key_mgmt_internal.json_text('changes.name', changes -> 'name');
         PERFORM api_key_mgmt_internal.check_text('name', v.name, 200);
     END IF;
     IF changes ? 'external_id' THEN
-        v.external_id := changes ->> 'external_id';
+        v.external_id := api_key_mgmt_internal.json_text('changes.external_id', changes -> 'external_id');
         IF v.external_id IS NOT NULL THEN
             PERFORM api_key_mgmt_internal.check_text('external_id', v.external_id, 200);
         END IF;
@@ -244,7 +282,7 @@ BEGIN
         PERFORM api_key_mgmt_internal.check_scopes('allowed_scopes', v.allowed_scopes, NULL);
     END IF;
     IF changes ? 'key_type_prefix' THEN
-        v.key_type_prefix := changes ->> 'key_type_prefix';
+        v.key_type_prefix := api_key_mgmt_internal.json_text('changes.key_type_prefix', changes -> 'key_type_prefix');
         IF v.key_type_prefix IS NULL OR v.key_type_prefix !~ '^[a-z][a-z0-9]{1,9}$' THEN
             RAISE EXCEPTION 'key_type_prefix must be 2 to 10 characters: a lower-case letter, then lower-case letters or digits'
                 USING ERRCODE = '22023';
@@ -291,7 +329,7 @@ $$;
 
 -- disable_tenant(tenant_id) -> boolean: every key of the tenant answers tenant_disabled.
 -- Returns false when the tenant was already disabled.
-CREATE FUNCTION api_key_mgmt.disable_tenant(tenant_id uuid) RETURNS boolean
+CREATE FUNCTION api_key_mgmt_impl.disable_tenant(tenant_id uuid) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.tenants;
@@ -308,7 +346,7 @@ END
 $$;
 
 -- enable_tenant(tenant_id) -> boolean: undoes disable_tenant; false when not disabled.
-CREATE FUNCTION api_key_mgmt.enable_tenant(tenant_id uuid) RETURNS boolean
+CREATE FUNCTION api_key_mgmt_impl.enable_tenant(tenant_id uuid) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.tenants;
@@ -329,7 +367,7 @@ $$;
 --               -> (key_id, api_key, display_prefix)
 -- The only time the key is ever shown. Caps and credits given here are set as by
 -- set_key_caps (which needs the tenant role admin).
-CREATE FUNCTION api_key_mgmt.issue_api_key(
+CREATE FUNCTION api_key_mgmt_impl.issue_api_key(
     tenant_id uuid,
     name text,
     scopes text[],
@@ -355,6 +393,10 @@ BEGIN
     PERFORM api_key_mgmt_internal.check_allowlists(issue_api_key.allowed_providers, issue_api_key.allowed_models);
     PERFORM api_key_mgmt_internal.check_future('expires_at', issue_api_key.expires_at);
     PERFORM api_key_mgmt_internal.check_object('metadata', issue_api_key.metadata);
+    IF issue_api_key.created_by IS NOT NULL THEN
+        PERFORM api_key_mgmt_internal.check_text('created_by', issue_api_key.created_by, 200);
+    END IF;
+    PERFORM api_key_mgmt_internal.actor();
     IF issue_api_key.environment IS NULL OR issue_api_key.environment NOT IN ('live', 'test') THEN
         RAISE EXCEPTION 'environment must be ''live'' or ''test''' USING ERRCODE = '22023';
     END IF;
@@ -387,7 +429,7 @@ $$;
 -- Registers a key issued elsewhere (its SHA-256 only) so it keeps working. A native key
 -- keeps its environment; a foreign key must start with a prefix listed in the setting
 -- api_key_mgmt.import_prefixes, which is also what makes validation look it up.
-CREATE FUNCTION api_key_mgmt.import_api_key(
+CREATE FUNCTION api_key_mgmt_impl.import_api_key(
     tenant_id uuid,
     existing_key text,
     name text,
@@ -434,6 +476,10 @@ BEGIN
     PERFORM api_key_mgmt_internal.check_allowlists(import_api_key.allowed_providers, import_api_key.allowed_models);
     PERFORM api_key_mgmt_internal.check_future('expires_at', import_api_key.expires_at);
     PERFORM api_key_mgmt_internal.check_object('metadata', import_api_key.metadata);
+    IF import_api_key.created_by IS NOT NULL THEN
+        PERFORM api_key_mgmt_internal.check_text('created_by', import_api_key.created_by, 200);
+    END IF;
+    PERFORM api_key_mgmt_internal.actor();
     v_hash := api_key_mgmt_internal.hash_key(import_api_key.existing_key);
     IF EXISTS (SELECT FROM api_key_mgmt.api_keys k WHERE k.key_hash = v_hash) THEN
         RAISE EXCEPTION 'this key is already registered' USING ERRCODE = '23505';
@@ -461,7 +507,7 @@ $$;
 
 -- revoke_api_key(key_id, reason) -> boolean: the key answers revoked from now on.
 -- Returns false (and changes nothing) when it was already revoked.
-CREATE FUNCTION api_key_mgmt.revoke_api_key(key_id uuid, reason text DEFAULT NULL) RETURNS boolean
+CREATE FUNCTION api_key_mgmt_impl.revoke_api_key(key_id uuid, reason text DEFAULT NULL) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.api_keys := api_key_mgmt_internal.key_row(revoke_api_key.key_id);
@@ -486,7 +532,7 @@ $$;
 -- Issues a replacement with the same tenant, name, environment, scopes, allowlists and
 -- metadata (and the same lifetime, when the old key had an expiry), shown once. The old
 -- key keeps validating for `grace`, then answers `rotated`.
-CREATE FUNCTION api_key_mgmt.rotate_api_key(key_id uuid, grace interval DEFAULT '24 hours')
+CREATE FUNCTION api_key_mgmt_impl.rotate_api_key(key_id uuid, grace interval DEFAULT '24 hours')
     RETURNS TABLE (new_key_id uuid, api_key text, display_prefix text, old_key_valid_until timestamptz)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -537,7 +583,7 @@ $$;
 -- update_api_key(key_id, changes jsonb) -> void. Fields: name, scopes,
 -- allowed_providers, allowed_models, expires_at, metadata; a JSON null clears
 -- allowed_providers, allowed_models (any) or expires_at (never).
-CREATE FUNCTION api_key_mgmt.update_api_key(key_id uuid, changes jsonb) RETURNS void
+CREATE FUNCTION api_key_mgmt_impl.update_api_key(key_id uuid, changes jsonb) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.api_keys;
@@ -559,7 +605,7 @@ BEGIN
     END IF;
     v_tenant := api_key_mgmt_internal.tenant_row(v.tenant_id, false);
     IF changes ? 'name' THEN
-        v.name := changes ->> 'name';
+        v.name := api_key_mgmt_internal.json_text('changes.name', changes -> 'name');
         PERFORM api_key_mgmt_internal.check_text('name', v.name, 200);
     END IF;
     IF changes ? 'scopes' THEN

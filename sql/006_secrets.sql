@@ -221,7 +221,7 @@ $$;
 
 -- register_provider(id, display_name, key_pattern) -> void: add or update a provider
 -- of your own. Built-in providers belong to the extension (55000).
-CREATE FUNCTION api_key_mgmt.register_provider(id text, display_name text, key_pattern text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.register_provider(id text, display_name text, key_pattern text DEFAULT NULL)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
@@ -255,7 +255,7 @@ $$;
 -- Create or replace the secret of one slot (tenant, provider, model, environment);
 -- tenant_id NULL stores a platform default. Replacing keeps the id, bumps
 -- secret_version and re-encrypts with a new nonce.
-CREATE FUNCTION api_key_mgmt.put_tenant_secret(
+CREATE FUNCTION api_key_mgmt_impl.put_tenant_secret(
     tenant_id uuid,
     provider text,
     secret text,
@@ -387,7 +387,7 @@ SELECT s.id AS secret_id, s.tenant_id, s.provider, s.model, s.name, s.scopes, s.
 
 -- list_tenant_secrets(tenant_id) -> the tenant's secrets (tenant_id NULL: the
 -- platform defaults), previews and metadata only.
-CREATE FUNCTION api_key_mgmt.list_tenant_secrets(tenant_id uuid)
+CREATE FUNCTION api_key_mgmt_impl.list_tenant_secrets(tenant_id uuid)
     RETURNS SETOF api_key_mgmt.tenant_secret_list
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -399,7 +399,7 @@ END
 $$;
 
 -- delete_tenant_secret(tenant_id, provider, model, environment) -> boolean
-CREATE FUNCTION api_key_mgmt.delete_tenant_secret(
+CREATE FUNCTION api_key_mgmt_impl.delete_tenant_secret(
     tenant_id uuid,
     provider text,
     model text DEFAULT NULL,
@@ -451,7 +451,7 @@ $$;
 
 -- mark_secret_validated(secret_id, ok, message) -> void: the application tells the
 -- database whether the provider accepted the key (the database cannot call providers).
-CREATE FUNCTION api_key_mgmt.mark_secret_validated(secret_id uuid, ok boolean, message text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.mark_secret_validated(secret_id uuid, ok boolean, message text DEFAULT NULL)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF mark_secret_validated.secret_id IS NULL OR mark_secret_validated.ok IS NULL THEN
@@ -474,7 +474,7 @@ $$;
 -- record_secret_usage(secret_id, requests, tokens) -> void: add to the usage counters.
 -- Reading a secret writes nothing (it works on a standby); the application (or
 -- metering) records use here.
-CREATE FUNCTION api_key_mgmt.record_secret_usage(secret_id uuid, requests bigint DEFAULT 1, tokens bigint DEFAULT 0)
+CREATE FUNCTION api_key_mgmt_impl.record_secret_usage(secret_id uuid, requests bigint DEFAULT 1, tokens bigint DEFAULT 0)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF record_secret_usage.secret_id IS NULL OR record_secret_usage.requests IS NULL
@@ -499,7 +499,7 @@ $$;
 -- rotate_master_key() -> integer: after a new version was added to the key file and
 -- marked active, record it (verifying it against any value already recorded) and
 -- return it. Then call rewrap_secrets until it returns 0.
-CREATE FUNCTION api_key_mgmt.rotate_master_key() RETURNS integer
+CREATE FUNCTION api_key_mgmt_impl.rotate_master_key() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_version integer;
@@ -514,7 +514,7 @@ $$;
 -- rewrap_secrets(batch_size) -> integer: re-encrypt up to batch_size secrets that are
 -- not on the active master key version (new nonce each); returns how many. Online:
 -- rows being changed by others are skipped and picked up by a later call.
-CREATE FUNCTION api_key_mgmt.rewrap_secrets(batch_size integer DEFAULT 1000) RETURNS integer
+CREATE FUNCTION api_key_mgmt_impl.rewrap_secrets(batch_size integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_active integer;
@@ -547,7 +547,7 @@ $$;
 
 -- retire_master_key_version(version) -> void: mark a version retired once no secret
 -- uses it (55000 otherwise); it may then be removed from the key file.
-CREATE FUNCTION api_key_mgmt.retire_master_key_version(version integer) RETURNS void
+CREATE FUNCTION api_key_mgmt_impl.retire_master_key_version(version integer) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_left bigint;

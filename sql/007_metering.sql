@@ -601,7 +601,7 @@ $$;
 
 -- set_key_caps(key_id, daily_cap, monthly_cap, credits, credits_refill, credits_refill_period) -> void
 -- NULL: no cap / no credits. Replaces all of the key's caps and credits at once.
-CREATE FUNCTION api_key_mgmt.set_key_caps(
+CREATE FUNCTION api_key_mgmt_impl.set_key_caps(
     key_id uuid,
     daily_cap numeric DEFAULT NULL,
     monthly_cap numeric DEFAULT NULL,
@@ -631,7 +631,7 @@ $$;
 -- credits_refill_period, time_zone) -> void. Tenant totals are kept only while the
 -- tenant has caps or credits: setting the first one computes the current day's and
 -- month's totals from the usage log once (blocking charges for that moment).
-CREATE FUNCTION api_key_mgmt.set_tenant_caps(
+CREATE FUNCTION api_key_mgmt_impl.set_tenant_caps(
     tenant_id uuid,
     daily_cap numeric DEFAULT NULL,
     monthly_cap numeric DEFAULT NULL,
@@ -827,7 +827,7 @@ $$;
 -- not validate is refused with its validation code (not_found, revoked, scope_denied,
 -- daily_cap_exceeded, ...) and nothing is charged; by default the call also takes one
 -- rate-limit token (rate_cost; with 0 the limits are not consulted).
-CREATE FUNCTION api_key_mgmt.validate_and_charge(
+CREATE FUNCTION api_key_mgmt_impl.validate_and_charge(
     api_key text,
     scope text,
     cost numeric,
@@ -872,7 +872,7 @@ $$;
 -- ---------------------------------------------------------------------------------
 
 -- reserve_budget(key_id, scope, estimate, timeout) -> charge_result with reservation_id.
-CREATE FUNCTION api_key_mgmt.reserve_budget(
+CREATE FUNCTION api_key_mgmt_impl.reserve_budget(
     key_id uuid,
     scope text,
     estimate numeric,
@@ -992,7 +992,7 @@ $$;
 
 -- settle_reservation(reservation, actual_cost, units, provider, model, metadata, key_source)
 -- -> charge_result. Records the actual cost (even above the estimate: it was spent).
-CREATE FUNCTION api_key_mgmt.settle_reservation(
+CREATE FUNCTION api_key_mgmt_impl.settle_reservation(
     reservation uuid,
     actual_cost numeric,
     units bigint DEFAULT 1,
@@ -1014,7 +1014,7 @@ $$;
 
 -- release_reservation(reservation) -> boolean: gives the hold back; false if it was
 -- already settled, released or expired.
-CREATE FUNCTION api_key_mgmt.release_reservation(reservation uuid) RETURNS boolean
+CREATE FUNCTION api_key_mgmt_impl.release_reservation(reservation uuid) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF release_reservation.reservation IS NULL THEN
@@ -1027,7 +1027,7 @@ $$;
 
 -- expire_reservations(batch_size) -> integer: releases up to batch_size reservations
 -- past their timeout; maintenance (run_metering_maintenance calls it).
-CREATE FUNCTION api_key_mgmt.expire_reservations(batch_size integer DEFAULT 1000) RETURNS integer
+CREATE FUNCTION api_key_mgmt_impl.expire_reservations(batch_size integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id uuid;
@@ -1129,7 +1129,7 @@ $$;
 
 -- set_rate_limit(key_id, name, max_requests, per, burst) -> uuid (the limit's id).
 -- max_requests per `per`, with up to `burst` at once (NULL: max_requests).
-CREATE FUNCTION api_key_mgmt.set_rate_limit(
+CREATE FUNCTION api_key_mgmt_impl.set_rate_limit(
     key_id uuid,
     name text,
     max_requests integer,
@@ -1152,7 +1152,7 @@ $$;
 
 -- set_tenant_rate_limit(tenant_id, name, max_requests, per, burst) -> uuid: shared by
 -- every key of the tenant.
-CREATE FUNCTION api_key_mgmt.set_tenant_rate_limit(
+CREATE FUNCTION api_key_mgmt_impl.set_tenant_rate_limit(
     tenant_id uuid,
     name text,
     max_requests integer,
@@ -1176,7 +1176,7 @@ END
 $$;
 
 -- remove_rate_limit(key_id, name) -> boolean
-CREATE FUNCTION api_key_mgmt.remove_rate_limit(key_id uuid, name text) RETURNS boolean
+CREATE FUNCTION api_key_mgmt_impl.remove_rate_limit(key_id uuid, name text) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_tenant uuid := api_key_mgmt_internal.key_tenant_admin(remove_rate_limit.key_id);
@@ -1192,7 +1192,7 @@ END
 $$;
 
 -- remove_tenant_rate_limit(tenant_id, name) -> boolean
-CREATE FUNCTION api_key_mgmt.remove_tenant_rate_limit(tenant_id uuid, name text) RETURNS boolean
+CREATE FUNCTION api_key_mgmt_impl.remove_tenant_rate_limit(tenant_id uuid, name text) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM api_key_mgmt_internal.authorize(remove_tenant_rate_limit.tenant_id, 'admin');
@@ -1210,7 +1210,7 @@ $$;
 -- tokens from every limit of the key and of its tenant, all or none. Shared memory
 -- when preloaded (no write); otherwise the table fallback (row locks on the limit
 -- states, one UPDATE per limit).
-CREATE FUNCTION api_key_mgmt.consume_rate_limit(key_id uuid, cost integer DEFAULT 1)
+CREATE FUNCTION api_key_mgmt_impl.consume_rate_limit(key_id uuid, cost integer DEFAULT 1)
     RETURNS TABLE (allowed boolean, remaining bigint, retry_after interval)
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1291,7 +1291,7 @@ $$;
 -- the next months_ahead months have their own partition of usage_events (moving any
 -- of their rows out of the default partition); returns how many it created. Safe to
 -- call at any time and concurrently (pg_cron, a background worker).
-CREATE FUNCTION api_key_mgmt.create_usage_partitions(months_ahead integer DEFAULT 3) RETURNS integer
+CREATE FUNCTION api_key_mgmt_impl.create_usage_partitions(months_ahead integer DEFAULT 3) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_start timestamptz;
@@ -1323,7 +1323,7 @@ END
 $$;
 
 -- purge_idempotency_keys(older_than) -> bigint: forget replay outcomes older than this.
-CREATE FUNCTION api_key_mgmt.purge_idempotency_keys(older_than interval DEFAULT '7 days') RETURNS bigint
+CREATE FUNCTION api_key_mgmt_impl.purge_idempotency_keys(older_than interval DEFAULT '7 days') RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_n bigint;
@@ -1343,7 +1343,7 @@ $$;
 -- run_metering_maintenance() -> jsonb: partitions 3 months ahead, expired reservations
 -- released, idempotency outcomes older than 7 days purged. Schedule it (pg_cron:
 -- every few minutes).
-CREATE FUNCTION api_key_mgmt.run_metering_maintenance() RETURNS jsonb
+CREATE FUNCTION api_key_mgmt_impl.run_metering_maintenance() RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_parts integer;

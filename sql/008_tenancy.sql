@@ -129,7 +129,7 @@ $$;
 
 -- add_tenant_member(tenant_id, user_id, role) -> void: add a member or change its role
 -- (tenant owners and platform administrators).
-CREATE FUNCTION api_key_mgmt.add_tenant_member(tenant_id uuid, user_id text, role text)
+CREATE FUNCTION api_key_mgmt_impl.add_tenant_member(tenant_id uuid, user_id text, role text)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_old text;
@@ -159,7 +159,7 @@ END
 $$;
 
 -- remove_tenant_member(tenant_id, user_id) -> boolean: false when not a member.
-CREATE FUNCTION api_key_mgmt.remove_tenant_member(tenant_id uuid, user_id text)
+CREATE FUNCTION api_key_mgmt_impl.remove_tenant_member(tenant_id uuid, user_id text)
     RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_old text;
@@ -187,7 +187,7 @@ $$;
 
 -- add_route_scope(method, path_pattern, scope) -> void: create or change a route;
 -- scope NULL makes the route public (no key needed).
-CREATE FUNCTION api_key_mgmt.add_route_scope(method text, path_pattern text, scope text)
+CREATE FUNCTION api_key_mgmt_impl.add_route_scope(method text, path_pattern text, scope text)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
@@ -212,7 +212,7 @@ END
 $$;
 
 -- remove_route_scope(method, path_pattern) -> boolean
-CREATE FUNCTION api_key_mgmt.remove_route_scope(method text, path_pattern text)
+CREATE FUNCTION api_key_mgmt_impl.remove_route_scope(method text, path_pattern text)
     RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
@@ -245,7 +245,7 @@ $$;
 -- current_tenant_id()). Refuses with 401 (missing or invalid key), 402 (a spending cap
 -- or the credits are exhausted), 403 (scope, or no route with
 -- api_key_mgmt.unmatched_routes = 'deny'), 429 (rate limited, with Retry-After).
-CREATE FUNCTION api_key_mgmt.authenticate_request() RETURNS void
+CREATE FUNCTION api_key_mgmt_impl.authenticate_request() RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_headers jsonb;
@@ -295,7 +295,7 @@ $$;
 
 -- purge_audit_log(older_than interval) -> bigint: the retention function, the only way
 -- entries leave the audit log (platform administrators; at least 1 day old).
-CREATE FUNCTION api_key_mgmt.purge_audit_log(older_than interval) RETURNS bigint
+CREATE FUNCTION api_key_mgmt_impl.purge_audit_log(older_than interval) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_count bigint;

@@ -12,7 +12,7 @@
 -- resolve_proxy_token(token, environment) -> text: the secret behind a proxy token,
 -- for the backend service only. Refusals: 28000 not a valid / expired / revoked token,
 -- 42501 wrong environment, 54000 no uses left (see README, Agent access).
-CREATE FUNCTION api_key_mgmt.resolve_proxy_token(token text, environment text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.resolve_proxy_token(token text, environment text DEFAULT NULL)
     RETURNS text VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'akm_resolve_proxy_token';
 -- agent_decision(risk_level, auto_approve_medium) -> text: approved | pending.
@@ -179,6 +179,7 @@ $$;
 CREATE FUNCTION api_key_mgmt_internal.check_environments(what text, environments text[])
     RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+    PERFORM api_key_mgmt_internal.check_flat(what, environments);
     IF environments IS NULL OR pg_catalog.array_position(environments, NULL) IS NOT NULL THEN
         RAISE EXCEPTION '% must not be or contain NULL', what USING ERRCODE = '22004';
     END IF;
@@ -193,6 +194,7 @@ $$;
 CREATE FUNCTION api_key_mgmt_internal.check_names(what text, names text[], max integer)
     RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+    PERFORM api_key_mgmt_internal.check_flat(what, names);
     IF names IS NULL OR pg_catalog.array_position(names, NULL) IS NOT NULL THEN
         RAISE EXCEPTION '% must not be or contain NULL', what USING ERRCODE = '22004';
     END IF;
@@ -260,7 +262,7 @@ $$;
 -- Projects and labels.
 
 -- create_project(tenant_id, name, description) -> uuid (tenant admins).
-CREATE FUNCTION api_key_mgmt.create_project(tenant_id uuid, name text, description text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.create_project(tenant_id uuid, name text, description text DEFAULT NULL)
     RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id uuid;
@@ -289,7 +291,7 @@ $$;
 
 -- set_secret_labels(secret_id, project, tags) -> void: a tenant secret's project (by
 -- name; NULL: none) and tags (tenant admins).
-CREATE FUNCTION api_key_mgmt.set_secret_labels(secret_id uuid, project text, tags text[] DEFAULT '{}')
+CREATE FUNCTION api_key_mgmt_impl.set_secret_labels(secret_id uuid, project text, tags text[] DEFAULT '{}')
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_tenant uuid;
@@ -300,6 +302,7 @@ BEGIN
         RAISE EXCEPTION 'tenant secret % does not exist', set_secret_labels.secret_id USING ERRCODE = '42704',
             HINT = 'Platform-wide secrets have no project or tags.';
     END IF;
+    PERFORM api_key_mgmt_internal.check_flat('tags', set_secret_labels.tags);
     IF set_secret_labels.tags IS NULL OR pg_catalog.array_position(set_secret_labels.tags, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'tags must not be or contain NULL' USING ERRCODE = '22004';
     END IF;
@@ -344,7 +347,7 @@ $$;
 
 -- register_agent_tool(tenant_id, tool_key, name, secrets, environments, risk_level,
 -- max_session, max_uses, project) -> uuid. 23505 when the key is taken.
-CREATE FUNCTION api_key_mgmt.register_agent_tool(
+CREATE FUNCTION api_key_mgmt_impl.register_agent_tool(
     tenant_id uuid, tool_key text, name text, secrets text[], environments text[],
     risk_level text, max_session interval, max_uses integer DEFAULT NULL, project text DEFAULT NULL
 ) RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -404,7 +407,7 @@ $$;
 -- update_agent_tool(tenant_id, tool_key, changes jsonb) -> void: change name, secrets,
 -- environments, risk_level, max_session, max_uses or enabled (tenant admins).
 -- Narrowing what a tool declared does not shorten sessions already open.
-CREATE FUNCTION api_key_mgmt.update_agent_tool(tenant_id uuid, tool_key text, changes jsonb)
+CREATE FUNCTION api_key_mgmt_impl.update_agent_tool(tenant_id uuid, tool_key text, changes jsonb)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.agent_tools;
@@ -420,7 +423,7 @@ BEGIN
             HINT = 'name, secrets, environments, risk_level, max_session, max_uses, enabled';
     END IF;
     IF update_agent_tool.changes ? 'name' THEN
-        v.name := update_agent_tool.changes ->> 'name';
+        v.name := api_key_mgmt_internal.json_text('changes.name', update_agent_tool.changes -> 'name');
         PERFORM api_key_mgmt_internal.check_text('name', v.name, 200);
     END IF;
     IF update_agent_tool.changes ? 'secrets' THEN
@@ -432,7 +435,7 @@ BEGIN
         PERFORM api_key_mgmt_internal.check_environments('environments', v.environments);
     END IF;
     IF update_agent_tool.changes ? 'risk_level' THEN
-        v.risk_level := update_agent_tool.changes ->> 'risk_level';
+        v.risk_level := api_key_mgmt_internal.json_text('changes.risk_level', update_agent_tool.changes -> 'risk_level');
     END IF;
     IF update_agent_tool.changes ? 'max_session' THEN
         v.max_session := (update_agent_tool.changes ->> 'max_session')::interval;
@@ -458,7 +461,7 @@ $$;
 
 -- disable_agent_tool(tenant_id, tool_key) -> bigint: disable a tool and revoke its
 -- open sessions (returns how many); its pending requests are denied (tenant admins).
-CREATE FUNCTION api_key_mgmt.disable_agent_tool(tenant_id uuid, tool_key text)
+CREATE FUNCTION api_key_mgmt_impl.disable_agent_tool(tenant_id uuid, tool_key text)
     RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.agent_tools;
@@ -492,7 +495,7 @@ $$;
 -- opens a session at once; high and critical wait for a tenant admin until the
 -- deadline (api_key_mgmt.agent_request_timeout). duration NULL or longer than the
 -- tool's max_session: max_session.
-CREATE FUNCTION api_key_mgmt.request_secret_access(
+CREATE FUNCTION api_key_mgmt_impl.request_secret_access(
     tenant_id uuid, tool_key text, secret_names text[], environment text, justification text,
     duration interval DEFAULT NULL, context jsonb DEFAULT NULL
 ) RETURNS TABLE (request_id uuid, status text, session_id uuid, ends_at timestamptz)
@@ -647,7 +650,7 @@ $$;
 
 -- approve_access_request(request_id, note) -> uuid: approve a pending request and open
 -- its session, which lasts the request's duration from now (tenant admins).
-CREATE FUNCTION api_key_mgmt.approve_access_request(request_id uuid, note text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.approve_access_request(request_id uuid, note text DEFAULT NULL)
     RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN api_key_mgmt_internal.open_session(api_key_mgmt_internal.decide_request(
@@ -656,7 +659,7 @@ END
 $$;
 
 -- deny_access_request(request_id, note) -> void (tenant admins); a security event.
-CREATE FUNCTION api_key_mgmt.deny_access_request(request_id uuid, note text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.deny_access_request(request_id uuid, note text DEFAULT NULL)
     RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v api_key_mgmt.access_requests;
@@ -672,7 +675,7 @@ $$;
 -- issue_proxy_token(session_id, secret_name, max_uses) -> text: a token (shown once)
 -- for one secret of an active session; secret_name one of the names requested.
 -- max_uses NULL: the tool's default. Tenant members (and the backend service).
-CREATE FUNCTION api_key_mgmt.issue_proxy_token(session_id uuid, secret_name text, max_uses integer DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.issue_proxy_token(session_id uuid, secret_name text, max_uses integer DEFAULT NULL)
     RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_session api_key_mgmt.agent_sessions;
@@ -728,7 +731,7 @@ $$;
 
 -- revoke_session(session_id, reason) -> boolean: end a session at once and revoke its
 -- tokens; false when it had ended already (tenant members).
-CREATE FUNCTION api_key_mgmt.revoke_session(session_id uuid, reason text DEFAULT NULL)
+CREATE FUNCTION api_key_mgmt_impl.revoke_session(session_id uuid, reason text DEFAULT NULL)
     RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_tenant uuid;
@@ -783,7 +786,7 @@ $$;
 -- (revoking their tokens), and delete requests, sessions, tokens and security events
 -- older than api_key_mgmt.agent_retention. Platform administrators; safe to schedule
 -- (pg_cron) and run by the background worker when the library is preloaded.
-CREATE FUNCTION api_key_mgmt.run_agent_maintenance()
+CREATE FUNCTION api_key_mgmt_impl.run_agent_maintenance()
     RETURNS TABLE (requests_expired bigint, sessions_expired bigint, tokens_revoked bigint, purged bigint)
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -4,6 +4,8 @@
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA api_key_mgmt FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA api_key_mgmt_internal FROM PUBLIC;
 REVOKE ALL ON SCHEMA api_key_mgmt_internal FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA api_key_mgmt_impl FROM PUBLIC;
+REVOKE ALL ON SCHEMA api_key_mgmt_impl FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA api_key_mgmt FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA api_key_mgmt TO api_key_mgmt_admin, api_key_mgmt_service;

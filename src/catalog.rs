@@ -477,6 +477,8 @@ pub fn call_internal(
             slot.isnull = value.is_none();
         }
         let func = flinfo.fn_addr.expect("fmgr_info sets fn_addr");
+        // A SECURITY DEFINER function sees the role that called us as its caller.
+        let _frame = crate::caller::definer_of(oid).map(crate::caller::FrameGuard::enter);
         let result = pg_sys::ffi::pg_guard_ffi_boundary(|| func(fcinfo));
         let isnull = (*fcinfo).isnull;
         pg_sys::pfree(fcinfo.cast());

@@ -28,6 +28,7 @@ pub mod agents;
 pub mod agents_pg;
 pub mod audit;
 pub mod audit_pg;
+pub mod caller;
 pub mod catalog;
 pub mod charge_pg;
 pub mod crypto;
@@ -91,6 +92,11 @@ extension_sql_file!(
     "../sql/010_agents.sql",
     name = "agents",
     requires = ["tenancy"]
+);
+extension_sql_file!(
+    "../sql/098_entry_points.sql",
+    name = "entry_points",
+    requires = ["agents"]
 );
 extension_sql_file!("../sql/099_grants.sql", name = "grants", finalize);
 

@@ -19,8 +19,10 @@ use serde_json::Value;
 use std::cell::Cell;
 use std::ffi::CStr;
 
-/// (local transaction id, tenant, key) of the API key a transaction authenticated with.
-type RequestKey = (u32, [u8; 16], [u8; 16]);
+/// (local transaction id, subtransaction that set it, tenant, key) of the API key a
+/// transaction authenticated with. Rolling back that subtransaction (`ROLLBACK TO
+/// SAVEPOINT`, an exception block) forgets it, as it rolls back the request's headers.
+type RequestKey = (u32, pg_sys::SubTransactionId, [u8; 16], [u8; 16]);
 
 thread_local! {
     static REQUEST_KEY: Cell<Option<RequestKey>> = const { Cell::new(None) };
@@ -47,22 +49,10 @@ fn claims() -> Option<Value> {
     setting(c"request.jwt.claims").and_then(|s| serde_json::from_str(&s).ok())
 }
 
-/// The role on whose behalf the current statement runs: inside a SECURITY DEFINER
-/// function, the role that called it (SET ROLE's role, else the session user); else
-/// the current user.
+/// The role on whose behalf the current statement runs: the role that called the
+/// extension's function (see [`crate::caller`]), never the session's role.
 fn invoker() -> pg_sys::Oid {
-    unsafe {
-        if pg_sys::InLocalUserIdChange() {
-            let r = pg_sys::GetCurrentRoleId();
-            if r != pg_sys::InvalidOid {
-                r
-            } else {
-                pg_sys::GetSessionUserId()
-            }
-        } else {
-            pg_sys::GetUserId()
-        }
-    }
+    crate::caller::invoker()
 }
 
 fn invoker_has(role: &CStr) -> bool {
@@ -128,7 +118,7 @@ struct Context {
 }
 
 fn context() -> Option<Context> {
-    if let Some((x, tenant, _)) = REQUEST_KEY.with(Cell::get) {
+    if let Some((x, _, tenant, _)) = REQUEST_KEY.with(Cell::get) {
         if x == lxid() {
             return Some(Context { tenant, role: None });
         }
@@ -207,7 +197,7 @@ pub(crate) fn current_user_id() -> Option<String> {
 /// `current_key_id() RETURNS uuid` — the API key the current transaction authenticated with.
 #[pg_extern(sql = false, stable, parallel_safe)]
 fn current_key_id() -> Option<Uuid> {
-    let (x, _, key) = REQUEST_KEY.with(Cell::get)?;
+    let (x, _, _, key) = REQUEST_KEY.with(Cell::get)?;
     (x == lxid()).then(|| Uuid::from_bytes(key))
 }
 
@@ -215,7 +205,51 @@ fn current_key_id() -> Option<Uuid> {
 /// key a request authenticated with, for the rest of the transaction.
 #[pg_extern(sql = false)]
 fn set_request_key(tenant_id: Uuid, key_id: Uuid) {
-    REQUEST_KEY.with(|c| c.set(Some((lxid(), *tenant_id.as_bytes(), *key_id.as_bytes()))));
+    if !SUBXACT_CALLBACK.with(Cell::get) {
+        // SAFETY: registers a plain function for the life of the backend (never
+        // unregistered; the library is not unloaded).
+        unsafe { pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut()) };
+        SUBXACT_CALLBACK.with(|c| c.set(true));
+    }
+    // SAFETY: reads backend-local transaction state.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    REQUEST_KEY.with(|c| {
+        c.set(Some((
+            lxid(),
+            sub,
+            *tenant_id.as_bytes(),
+            *key_id.as_bytes(),
+        )))
+    });
+}
+
+thread_local! {
+    static SUBXACT_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Subtransaction ends: a request key set in the aborted subtransaction (or one below
+/// it: their ids are larger) is forgotten; one set in a committed subtransaction now
+/// belongs to its parent.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    REQUEST_KEY.with(|c| {
+        let Some((x, set_in, tenant, key)) = c.get() else {
+            return;
+        };
+        if set_in < sub {
+            return;
+        }
+        match event {
+            pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => c.set(None),
+            pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => c.set(Some((x, parent, tenant, key))),
+            _ => {}
+        }
+    });
 }
 
 /// `authorize(tenant_id uuid, need text) RETURNS text` — internal: raise 42501 unless
