@@ -326,13 +326,16 @@ CREATE FUNCTION api_key_mgmt.validation_failures()
     RETURNS TABLE (key_id uuid, tenant_id uuid, failures bigint, by_code jsonb,
                    first_failed_at timestamptz, last_failed_at timestamptz)
     VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'validation_failures_wrapper';
--- audit_queue_status() -> (mode, capacity, queued, written, synchronous): the
+-- audit_queue_status() -> (mode, capacity, queued, written, synchronous, failed): the
 -- shared-memory queue of secret-read audit entries (src/audit_pg.rs). mode 'queue':
--- reads in this database are audited through it; 'synchronous': in the reading
--- transaction (no preload, audit_queue_size 0, another database than the maintenance
--- worker's, or the worker not running). synchronous counts reads the queue did not take.
+-- the queue serves this database; 'synchronous': it does not (no preload,
+-- audit_queue_size 0, another database than the maintenance worker's, or the worker
+-- not running). synchronous counts queued-mode reads audited in their own
+-- transaction instead; failed counts durable-mode reads refused (58000) because their
+-- entry was not committed in time.
 CREATE FUNCTION api_key_mgmt.audit_queue_status()
-    RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)
+    RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint,
+                   failed bigint)
     VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_queue_status_wrapper';
 
 -- validation_failure_totals() -> (code, failures): refusals of strings that are not

@@ -116,6 +116,20 @@ pub extern "C-unwind" fn akm_agent_maintenance_main(_arg: pg_sys::Datum) {
             pg_sys::GucSource::PGC_S_SESSION,
         )
     };
+    // Durable secret reads return once this worker's commit of their audit entry is
+    // flushed: never with synchronous_commit off (a crash could lose a committed entry).
+    // SAFETY: reads and sets a GUC of this worker's own session.
+    unsafe {
+        let current = pg_sys::GetConfigOption(c"synchronous_commit".as_ptr(), false, false);
+        if !current.is_null() && std::ffi::CStr::from_ptr(current).to_bytes() == b"off" {
+            pg_sys::SetConfigOption(
+                c"synchronous_commit".as_ptr(),
+                c"local".as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
+    }
     crate::audit_pg::attach_worker();
     let mut last_maintenance = Instant::now();
     loop {
@@ -124,9 +138,13 @@ pub extern "C-unwind" fn akm_agent_maintenance_main(_arg: pg_sys::Datum) {
         let next = every.saturating_sub(last_maintenance.elapsed());
         // Reads arrive one at a time and the first one wakes the worker, which then
         // gathers for a moment and writes what came in one transaction, not one per
-        // read (a busy backend wakes it early when the queue is half full).
+        // read (a busy backend wakes it early when the queue is half full). Durable
+        // readers wait for the commit: then it writes at once, and the reads that
+        // arrive while it writes make up the next transaction (group commit).
         let gathering = crate::audit_pg::queued() > 0;
-        let wait = if gathering {
+        let wait = if gathering && crate::audit_pg::durable_waiting() {
+            Duration::ZERO
+        } else if gathering {
             AUDIT_GATHER
         } else {
             next.min(Duration::from_secs(1))

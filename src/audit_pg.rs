@@ -6,9 +6,20 @@
 //! writes the queue into `audit_log` in batches. So a read stays a read (no XID, no WAL
 //! of its own), works in READ ONLY transactions, and stays audited when the reader rolls
 //! back. Entries are taken only for the worker's database and only while the worker is
-//! running; a full queue, another database, or a value too long for its field means the
-//! read is audited synchronously, as without the queue. Entries not yet written are lost
-//! if the server crashes (they are written before a clean shutdown).
+//! running.
+//!
+//! Two ways to use it (`api_key_mgmt.audit_read_mode`):
+//! - `durable` ([`enqueue_durable`], the default): the reader waits until the worker
+//!   has committed its entry (the ring position below which every written entry is
+//!   committed, [`Header::committed`]), so no plaintext leaves without a durable audit
+//!   row. Readers share the worker's commits: it writes whatever is queued in one
+//!   transaction, and skips its gathering pause while durable readers wait. Anything
+//!   that keeps the entry from being committed in time (no queue, no worker for this
+//!   database, the worker not writing) fails the read: fail closed.
+//! - `queued` ([`enqueue`]): the reader goes on at once. A full queue, another
+//!   database, or a value too long for its field means the read is audited in its own
+//!   transaction instead. Entries not yet written are lost if the server crashes (at
+//!   most the queue's capacity; they are written before a clean shutdown).
 //!
 //! Layout: a [`Header`] then a [`Ring`] of `capacity` [`Entry`]s. Readers append without
 //! a lock (one compare-and-swap; many backends reading secrets at once never wait for
@@ -26,7 +37,7 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-const MAGIC: u64 = 0x616b_6d5f_6175_0002;
+const MAGIC: u64 = 0x616b_6d5f_6175_0003;
 /// Entries written per worker transaction.
 pub const BATCH: usize = 512;
 
@@ -42,9 +53,18 @@ struct Header {
     /// Entries the worker wrote; reads audited synchronously instead of queued.
     written: AtomicU64,
     synchronous: AtomicU64,
-    /// Broadcast by the worker when it has made room: readers that found the queue full
-    /// wait on it (for at most `api_key_mgmt.audit_queue_wait`) before auditing
-    /// synchronously.
+    /// Ring position below which every entry the worker wrote is committed.
+    committed: AtomicU64,
+    /// The newest range of positions dropped instead of written (`[from, to)`).
+    dropped_from: AtomicU64,
+    dropped_to: AtomicU64,
+    /// Durable readers waiting for a commit: the worker writes at once, no gathering.
+    durable_waiting: AtomicU32,
+    /// Durable reads refused because their entry was not committed in time.
+    failed: AtomicU64,
+    /// Broadcast by the worker after each batch (room made, entries committed): readers
+    /// that found the queue full, and durable readers waiting for their commit, wait on
+    /// it.
     room: std::cell::UnsafeCell<pg_sys::ConditionVariable>,
 }
 
@@ -103,56 +123,175 @@ pub fn accepts(database: u32) -> bool {
     takes
 }
 
-/// Queue a read's entry. `false`: not queued (no queue, no worker for this database,
-/// a value too long, or the queue still full after `api_key_mgmt.audit_queue_wait`):
-/// the caller audits synchronously. A full queue drains in tens of milliseconds; the
-/// wait is bounded so that reads do not hang on a stuck worker.
-pub fn enqueue(read: &audit::Read) -> bool {
-    let Some(h) = header() else {
-        return false;
-    };
+/// Why a read's entry was not queued (or, durable, not committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    /// The library is not preloaded, or `audit_queue_size` is 0.
+    NoQueue,
+    /// The worker is not running, or serves another database.
+    NoWorker,
+    /// A value of the read is longer than its field in the queue.
+    TooLong,
+    /// The queue stayed full, or the entry was not committed, within the wait.
+    TimedOut,
+    /// The worker dropped the entry (the extension is not installed in its database).
+    Dropped,
+}
+
+impl NotQueued {
+    pub fn detail(self) -> &'static str {
+        match self {
+            NotQueued::NoQueue => "The audit queue needs shared_preload_libraries = 'api_key_mgmt' and api_key_mgmt.audit_queue_size > 0.",
+            NotQueued::NoWorker => "The maintenance worker is not running in this database (api_key_mgmt.agent_maintenance_database names the database it serves).",
+            NotQueued::TooLong => "A value of the read (user id, role, client address) is too long for the audit queue.",
+            NotQueued::TimedOut => "The maintenance worker did not commit the entry within api_key_mgmt.audit_durable_timeout.",
+            NotQueued::Dropped => "The maintenance worker dropped the entry: the extension is not installed in its database.",
+        }
+    }
+}
+
+/// Append `entry` for `database`, waiting up to `wait_ms` for room in a full queue.
+/// Returns the entry's ring position. `durable`: wake the worker for every entry.
+fn push(
+    h: &Header,
+    entry: &Entry,
+    database: u32,
+    wait_ms: i64,
+    durable: bool,
+) -> Result<u64, NotQueued> {
     let room = h.room.get();
-    let entry = Entry::new(read);
     let mut waiting = false;
     let started = std::time::Instant::now();
-    let queued = loop {
-        let Some(entry) = &entry else {
-            break false;
-        };
+    let pushed = loop {
         h.appending.fetch_add(1, Ordering::SeqCst);
         let latch = h.latch.load(Ordering::SeqCst);
-        let taken = latch != 0 && h.database.load(Ordering::SeqCst) == read.database;
+        let taken = latch != 0 && h.database.load(Ordering::SeqCst) == database;
         let pushed = taken.then(|| ring().push(entry)).flatten();
         h.appending.fetch_sub(1, Ordering::SeqCst);
         if let Some(p) = pushed {
             // Wake the worker for the first entry, and again at half full in case it is
-            // still gathering. Its latch lives in its PGPROC, in shared memory.
-            if p.was_empty || p.half_full {
+            // still gathering (for every entry when a reader waits for its commit). Its
+            // latch lives in its PGPROC, in shared memory.
+            if durable || p.was_empty || p.half_full {
+                // SAFETY: the worker published its own latch, in shared memory, and
+                // clears it before it exits; SetLatch on a stale latch only wakes.
                 unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
             }
-            break true;
+            break Ok(p.pos);
         }
-        let left =
-            i64::from(crate::gucs::AUDIT_QUEUE_WAIT.get()) - started.elapsed().as_millis() as i64;
-        if !taken || left <= 0 {
-            break false;
+        if !taken {
+            break Err(NotQueued::NoWorker);
+        }
+        let left = wait_ms - started.elapsed().as_millis() as i64;
+        if left <= 0 {
+            break Err(NotQueued::TimedOut);
         }
         // Full: make sure the worker is writing, and wait for it to make room.
+        // SAFETY: as above; the condition variable lives in the header.
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
         if !waiting {
+            // SAFETY: a condition variable in shared memory, initialised at startup.
             unsafe { pg_sys::ConditionVariablePrepareToSleep(room) };
             waiting = true;
             continue;
         }
+        // SAFETY: prepared above; the sleep is cancelled below (or at abort).
         unsafe { pg_sys::ConditionVariableTimedSleep(room, left, pg_sys::PG_WAIT_EXTENSION) };
     };
     if waiting {
+        // SAFETY: cancels this backend's own prepared sleep.
         unsafe { pg_sys::ConditionVariableCancelSleep() };
     }
+    pushed
+}
+
+/// `queued` mode: queue a read's entry. `false`: not queued (no queue, no worker for
+/// this database, a value too long, or the queue still full after
+/// `api_key_mgmt.audit_queue_wait`): the caller audits synchronously. A full queue
+/// drains in tens of milliseconds; the wait is bounded so that reads do not hang on a
+/// stuck worker.
+pub fn enqueue(read: &audit::Read) -> bool {
+    let Some(h) = header() else {
+        return false;
+    };
+    let wait = i64::from(crate::gucs::AUDIT_QUEUE_WAIT.get());
+    let queued =
+        Entry::new(read).is_some_and(|entry| push(h, &entry, read.database, wait, false).is_ok());
     if !queued {
         h.synchronous.fetch_add(1, Ordering::Relaxed);
     }
     queued
+}
+
+/// Counts a durable reader while it waits (also when an ERROR, such as a cancel,
+/// interrupts the wait).
+struct Waiting<'a>(&'a Header);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.durable_waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `durable` mode: queue a read's entry and return once the worker has committed it
+/// (within `api_key_mgmt.audit_durable_timeout`). `Err`: the read must not return its
+/// plaintext.
+pub fn enqueue_durable(read: &audit::Read) -> Result<(), NotQueued> {
+    let Some(h) = header() else {
+        return Err(NotQueued::NoQueue);
+    };
+    let result = wait_durable(h, read);
+    if result.is_err() {
+        h.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+fn wait_durable(h: &Header, read: &audit::Read) -> Result<(), NotQueued> {
+    let entry = Entry::new(read).ok_or(NotQueued::TooLong)?;
+    let timeout = i64::from(crate::gucs::AUDIT_DURABLE_TIMEOUT.get());
+    let started = std::time::Instant::now();
+    // Counted before the push, so that a worker about to gather sees it.
+    h.durable_waiting.fetch_add(1, Ordering::SeqCst);
+    let _waiting = Waiting(h);
+    let pos = push(h, &entry, read.database, timeout, true)?;
+    let room = h.room.get();
+    let mut prepared = false;
+    let outcome = loop {
+        let (from, to) = (
+            h.dropped_from.load(Ordering::SeqCst),
+            h.dropped_to.load(Ordering::SeqCst),
+        );
+        if (from..to).contains(&pos) {
+            break Err(NotQueued::Dropped);
+        }
+        if h.committed.load(Ordering::SeqCst) > pos {
+            break Ok(());
+        }
+        let left = timeout - started.elapsed().as_millis() as i64;
+        if left <= 0 {
+            break Err(NotQueued::TimedOut);
+        }
+        if !prepared {
+            // SAFETY: a condition variable in shared memory, initialised at startup;
+            // preparing before the last check means no broadcast is missed.
+            unsafe { pg_sys::ConditionVariablePrepareToSleep(room) };
+            prepared = true;
+            continue;
+        }
+        // SAFETY: prepared above; cancelled below (or at abort, on an interrupt).
+        unsafe { pg_sys::ConditionVariableTimedSleep(room, left, pg_sys::PG_WAIT_EXTENSION) };
+    };
+    if prepared {
+        // SAFETY: cancels this backend's own prepared sleep.
+        unsafe { pg_sys::ConditionVariableCancelSleep() };
+    }
+    outcome
+}
+
+/// Worker: durable readers are waiting for a commit (write now, do not gather).
+pub fn durable_waiting() -> bool {
+    header().is_some_and(|h| h.durable_waiting.load(Ordering::SeqCst) > 0)
 }
 
 /// The worker takes entries for its database from now on (no-op without the queue).
@@ -211,8 +350,14 @@ pub fn advance(tail: u64, n: usize, written: bool) {
         return;
     };
     ring().release(tail, n);
+    let end = tail + n as u64;
     if written {
         h.written.fetch_add(n as u64, Ordering::Relaxed);
+        h.committed.fetch_max(end, Ordering::SeqCst);
+    } else {
+        h.dropped_to.store(0, Ordering::SeqCst);
+        h.dropped_from.store(tail, Ordering::SeqCst);
+        h.dropped_to.store(end, Ordering::SeqCst);
     }
     unsafe { pg_sys::ConditionVariableBroadcast(h.room.get()) };
 }
@@ -307,7 +452,7 @@ fn uuid_v7() -> Uuid {
     Uuid::from_bytes(audit::uuid_v7(unix_ms, random))
 }
 
-/// `audit_queue_status() RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint)`
+/// `audit_queue_status() RETURNS TABLE (mode text, capacity bigint, queued bigint, written bigint, synchronous bigint, failed bigint)`
 #[pg_extern(sql = false)]
 fn audit_queue_status() -> TableIterator<
     'static,
@@ -317,10 +462,11 @@ fn audit_queue_status() -> TableIterator<
         name!(queued, i64),
         name!(written, i64),
         name!(synchronous, i64),
+        name!(failed, i64),
     ),
 > {
     let Some(h) = header() else {
-        return TableIterator::once(("synchronous".to_owned(), 0, 0, 0, 0));
+        return TableIterator::once(("synchronous".to_owned(), 0, 0, 0, 0, 0));
     };
     let here = h.latch.load(Ordering::SeqCst) != 0
         && h.database.load(Ordering::SeqCst) == unsafe { pg_sys::MyDatabaseId }.to_u32();
@@ -330,6 +476,7 @@ fn audit_queue_status() -> TableIterator<
         ring().len() as i64,
         h.written.load(Ordering::Relaxed) as i64,
         h.synchronous.load(Ordering::Relaxed) as i64,
+        h.failed.load(Ordering::Relaxed) as i64,
     );
     TableIterator::once(row)
 }

@@ -42,7 +42,20 @@ pub fn required<T>(value: Option<T>, what: &'static str) -> T {
 /// return. The one way the extension's Rust raises: a message carries names, ids and
 /// limits, never a key or a secret.
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: &str) -> ! {
+    raise_with_detail(code, message, "", hint)
+}
+
+/// [`raise`] with a DETAIL ("" for none).
+pub fn raise_with_detail(
+    code: PgSqlErrorCode,
+    message: impl Into<String>,
+    detail: &str,
+    hint: &str,
+) -> ! {
     let mut report = ErrorReport::new(code, message.into(), "api_key_mgmt");
+    if !detail.is_empty() {
+        report = report.set_detail(detail);
+    }
     if !hint.is_empty() {
         report = report.set_hint(hint);
     }

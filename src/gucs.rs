@@ -11,7 +11,9 @@
 //! | `api_key_mgmt.unmatched_routes` | text | superuser | `deny` |
 //! | `api_key_mgmt.audit_secret_reads` | bool | superuser | on |
 //! | `api_key_mgmt.audit_queue_size` | integer | server start (only when preloading) | 4096 (0: no queue) |
-//! | `api_key_mgmt.audit_reads_in_transaction` | bool | superuser | off |
+//! | `api_key_mgmt.audit_reads_in_transaction` | bool | superuser | off (deprecated) |
+//! | `api_key_mgmt.audit_read_mode` | enum | superuser | `durable` |
+//! | `api_key_mgmt.audit_durable_timeout` | integer (ms) | superuser | 5000 |
 //! | `api_key_mgmt.clock_override` | text (timestamptz) | superuser | unset: the real clock |
 //! | `api_key_mgmt.rate_limit_slots` | integer | server start | 65536 |
 //! | `api_key_mgmt.agent_request_timeout` | integer (s) | superuser | 1h |
@@ -53,8 +55,38 @@ pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
 /// How long (ms) a read waits for room in a full audit queue before it is audited
 /// synchronously.
 pub static AUDIT_QUEUE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(100);
-/// Write each secret-read audit entry in the reading transaction, never through the queue.
+/// Deprecated alias of `audit_read_mode = transaction` (on wins over the mode).
 pub static AUDIT_READS_IN_TRANSACTION: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// How a secret read's `secret.decrypted` entry is written (see README, Audit log).
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditReadMode {
+    /// Through the queue; the plaintext is returned only once the worker has committed
+    /// the entry (readers share the worker's commits). Fails closed (58000).
+    #[name = c"durable"]
+    Durable,
+    /// Through the queue, returned at once; entries still queued are lost in a crash.
+    #[name = c"queued"]
+    Queued,
+    /// In the reading transaction: committed or rolled back with it.
+    #[name = c"transaction"]
+    Transaction,
+}
+
+pub static AUDIT_READ_MODE: GucSetting<AuditReadMode> =
+    GucSetting::<AuditReadMode>::new(AuditReadMode::Durable);
+/// How long (ms) a durable read waits for its audit entry to be committed.
+pub static AUDIT_DURABLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// The mode in force (the deprecated `audit_reads_in_transaction = on` means
+/// `transaction`).
+pub fn audit_read_mode() -> AuditReadMode {
+    if AUDIT_READS_IN_TRANSACTION.get() {
+        AuditReadMode::Transaction
+    } else {
+        AUDIT_READ_MODE.get()
+    }
+}
 
 // --- metering (issue 4) ---------------------------------------------------------
 
@@ -229,11 +261,29 @@ pub fn init() {
     );
     GucRegistry::define_bool_guc(
         c"api_key_mgmt.audit_reads_in_transaction",
-        c"Write each secret-read audit entry in the reading transaction instead of through the queue.",
+        c"Deprecated: on means api_key_mgmt.audit_read_mode = transaction.",
         c"On: the entry commits or rolls back with the read, and reads need a read-write transaction.",
         &AUDIT_READS_IN_TRANSACTION,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"api_key_mgmt.audit_read_mode",
+        c"How a secret read's audit entry is written: durable, queued or transaction.",
+        c"durable: the plaintext is returned only after the entry is committed (fails closed with 58000); queued: returned at once, the entries still queued are lost in a crash; transaction: written in the reading transaction.",
+        &AUDIT_READ_MODE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.audit_durable_timeout",
+        c"Milliseconds a durable secret read waits for its audit entry to be committed before it fails (58000).",
+        c"The worker commits a batch within milliseconds; a longer wait means it is not running or cannot write.",
+        &AUDIT_DURABLE_TIMEOUT,
+        1,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_string_guc(
         c"api_key_mgmt.master_key_file",

@@ -120,6 +120,10 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'api_key_mgmt'"]
+        // The test database is not the maintenance worker's: reads audit in-transaction.
+        vec![
+            "shared_preload_libraries = 'api_key_mgmt'",
+            "api_key_mgmt.audit_read_mode = 'transaction'",
+        ]
     }
 }

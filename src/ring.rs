@@ -43,6 +43,8 @@ pub struct Ring<T> {
 /// What a successful [`Ring::push`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pushed {
+    /// The value's ring position (it is released when the consumer's `tail` passes it).
+    pub pos: u64,
     /// Nothing was queued before this value (nothing unreleased).
     pub was_empty: bool,
     /// This value made the ring half full.
@@ -138,6 +140,7 @@ impl<T: Copy> Ring<T> {
         slot.seq.store(2 * pos + 1, Ordering::Release);
         let tail = h.tail.load(Ordering::SeqCst);
         Some(Pushed {
+            pos,
             was_empty: pos == tail,
             half_full: (pos + 1).saturating_sub(tail) == self.capacity().div_ceil(2),
         })
@@ -208,6 +211,7 @@ mod tests {
         assert_eq!(
             r.push(&[1, 1, 1]),
             Some(Pushed {
+                pos: 0,
                 was_empty: true,
                 half_full: false
             })
@@ -215,6 +219,7 @@ mod tests {
         assert_eq!(
             r.push(&[2, 2, 2]),
             Some(Pushed {
+                pos: 1,
                 was_empty: false,
                 half_full: true
             })
@@ -237,7 +242,9 @@ mod tests {
         r.release(2, 3);
         assert!(r.is_empty());
         assert_eq!(r.peek(10), (5, vec![]));
-        assert!(r.push(&[7, 7, 7]).unwrap().was_empty);
+        let p = r.push(&[7, 7, 7]).unwrap();
+        assert!(p.was_empty);
+        assert_eq!(p.pos, 5, "positions keep growing across laps");
     }
 
     #[test]
@@ -247,6 +254,7 @@ mod tests {
         assert_eq!(
             r.push(&7),
             Some(Pushed {
+                pos: 0,
                 was_empty: true,
                 half_full: true
             })

@@ -19,7 +19,8 @@ use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
 use zeroize::Zeroizing;
 
-use crate::errors::{raise, required};
+use crate::errors::{raise, raise_with_detail, required};
+use crate::gucs::AuditReadMode;
 
 /// The key file as last read by this backend, which versions were checked against
 /// their recorded key-check values since, and the data keys derived from them (HKDF is
@@ -528,10 +529,19 @@ fn resolve(
 /// `api_key_mgmt_internal.audit()` records: the user id (JWT `sub`, else the setting)
 /// or the role, the role, and the client's address and user agent from PostgREST's
 /// `request.headers`.
-fn queue_read(id: Uuid, tenant: Option<Uuid>, provider: &str, source: Source, scope: &str) -> bool {
+/// `durable`: return only once the worker has committed the entry, else raise 58000.
+fn queue_read(
+    id: Uuid,
+    tenant: Option<Uuid>,
+    provider: &str,
+    source: Source,
+    scope: &str,
+    durable: bool,
+) -> bool {
+    // SAFETY: reads a backend-global set at connection.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     // The headers and claims are parsed only when the queue would take the entry.
-    if !crate::audit_pg::accepts(database) {
+    if !durable && !crate::audit_pg::accepts(database) {
         return false;
     }
     let role = crate::tenancy_pg::invoker_name();
@@ -541,7 +551,7 @@ fn queue_read(id: Uuid, tenant: Option<Uuid>, provider: &str, source: Source, sc
         .filter(serde_json::Value::is_object);
     let client_ip = headers.as_ref().and_then(audit::client_ip);
     let user_agent = headers.as_ref().and_then(audit::user_agent);
-    crate::audit_pg::enqueue(&audit::Read {
+    let read = audit::Read {
         database,
         occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
         tenant: tenant.map(|t| *t.as_bytes()),
@@ -553,22 +563,44 @@ fn queue_read(id: Uuid, tenant: Option<Uuid>, provider: &str, source: Source, sc
         actor_role: &role,
         client_ip: client_ip.as_deref(),
         user_agent: user_agent.as_deref(),
-    })
+    };
+    if !durable {
+        return crate::audit_pg::enqueue(&read);
+    }
+    if let Err(why) = crate::audit_pg::enqueue_durable(&read) {
+        raise_with_detail(
+            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+            "the audit entry of this secret read could not be made durable; the secret is withheld",
+            why.detail(),
+            "api_key_mgmt.audit_read_mode = 'durable' returns a secret only after its audit entry is committed. See README, Audit log.",
+        );
+    }
+    true
 }
 
 /// Append `secret.decrypted` to the audit log (unless `api_key_mgmt.audit_secret_reads`
-/// is off): through the shared-memory queue when it takes the entry (src/audit_pg.rs),
-/// else in the reading transaction. An audit in the transaction needs a read-write
-/// transaction: refused (25006) otherwise, rather than reading without a trace.
+/// is off), as `api_key_mgmt.audit_read_mode` says: `durable`, through the
+/// shared-memory queue (src/audit_pg.rs), returning only once the entry is committed
+/// (else 58000: the plaintext is not returned); `queued`, through the queue when it
+/// takes the entry, else in the reading transaction; `transaction`, in the reading
+/// transaction. An audit in the transaction needs a read-write transaction: refused
+/// (25006) otherwise, rather than reading without a trace.
 fn audit_read(secret: &Sealed, provider: &str, source: Source, scope: &str) {
     if !crate::gucs::AUDIT_SECRET_READS.get() {
         return;
     }
     let (id, tenant) = (secret.id, secret.tenant);
-    if !crate::gucs::AUDIT_READS_IN_TRANSACTION.get()
-        && queue_read(id, tenant, provider, source, scope)
-    {
-        return;
+    match crate::gucs::audit_read_mode() {
+        AuditReadMode::Durable => {
+            queue_read(id, tenant, provider, source, scope, true);
+            return;
+        }
+        AuditReadMode::Queued => {
+            if queue_read(id, tenant, provider, source, scope, false) {
+                return;
+            }
+        }
+        AuditReadMode::Transaction => {}
     }
     if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {
         raise(

@@ -14,6 +14,9 @@ mod agents;
 // Secret reads audited through the shared-memory queue and the maintenance worker.
 #[path = "it/audit.rs"]
 mod audit;
+// Durable audited reads: committed before the plaintext leaves, fail closed, crashes.
+#[path = "it/durable.rs"]
+mod durable;
 
 use common::keys::{body, random_alnum, unissued_native_key, with_bad_checksum};
 use common::secrets::*;

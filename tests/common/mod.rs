@@ -175,7 +175,11 @@ impl Cluster {
              shared_preload_libraries = 'api_key_mgmt'\n\
              fsync = off\n\
              max_connections = 200\n\
-             log_statement = 'none'\n";
+             log_statement = 'none'\n\
+             # The tests' databases are not the maintenance worker's (it serves postgres),\n\
+             # so durable audited reads would fail closed there: they audit in the reading\n\
+             # transaction. tests/it/audit.rs sets the other modes on clusters of its own.\n\
+             api_key_mgmt.audit_read_mode = 'transaction'\n";
         append(&data.join("postgresql.conf"), conf);
         Cluster { dir, port: 0 }
     }

@@ -18,7 +18,7 @@ fn cluster_with_queue(name: &str, extra: &str) -> Cluster {
     let conf = c.data().join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(
-        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\n{extra}\n"
+        "\napi_key_mgmt.audit_queue_size = {QUEUE}\nmax_connections = 40\nshared_buffers = 16MB\napi_key_mgmt.audit_read_mode = 'queued'\n{extra}\n"
     ));
     std::fs::write(&conf, text).unwrap();
     c.start();
