@@ -199,7 +199,7 @@ fn drain_audit_queue(all: bool) {
             }
             installed
         });
-        crate::audit_pg::advance(tail, entries.len(), written);
+        crate::audit_pg::advance(tail, &entries, written);
         if !all && !full {
             break;
         }

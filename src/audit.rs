@@ -89,6 +89,9 @@ pub struct Entry {
     has_tenant: bool,
     /// When the secret was read (Postgres `TimestampTz`, microseconds since 2000).
     pub occurred_at: i64,
+    /// Who to wake once the entry is committed (an opaque handle the reader gives,
+    /// its latch; 0: no one waits).
+    pub waiter: u64,
     tenant: [u8; 16],
     secret: [u8; 16],
     provider: Field<64>,
@@ -119,6 +122,7 @@ impl Entry {
     pub fn new(r: &Read) -> Option<Entry> {
         Some(Entry {
             database: r.database,
+            waiter: 0,
             source: r.source as u8,
             has_tenant: r.tenant.is_some(),
             occurred_at: r.occurred_at,
@@ -350,7 +354,7 @@ mod tests {
     #[test]
     fn entry_size_is_documented() {
         // README, Settings: api_key_mgmt.audit_queue_size.
-        assert_eq!(std::mem::size_of::<Entry>(), 2104);
+        assert_eq!(std::mem::size_of::<Entry>(), 2112);
     }
 
     #[test]

@@ -62,9 +62,9 @@ struct Header {
     durable_waiting: AtomicU32,
     /// Durable reads refused because their entry was not committed in time.
     failed: AtomicU64,
-    /// Broadcast by the worker after each batch (room made, entries committed): readers
-    /// that found the queue full, and durable readers waiting for their commit, wait on
-    /// it.
+    /// Broadcast by the worker after each batch (room made): readers that found the
+    /// queue full wait on it. (Durable readers waiting for their commit are woken one
+    /// by one through the latch their entry names.)
     room: std::cell::UnsafeCell<pg_sys::ConditionVariable>,
 }
 
@@ -248,45 +248,49 @@ pub fn enqueue_durable(read: &audit::Read) -> Result<(), NotQueued> {
 }
 
 fn wait_durable(h: &Header, read: &audit::Read) -> Result<(), NotQueued> {
-    let entry = Entry::new(read).ok_or(NotQueued::TooLong)?;
+    let mut entry = Entry::new(read).ok_or(NotQueued::TooLong)?;
+    // The worker sets this backend's latch (in its PGPROC, in shared memory) once the
+    // batch holding the entry is committed: only the readers of that batch wake.
+    // SAFETY: reads the backend-global pointer to this process's latch.
+    let latch = unsafe { pg_sys::MyLatch };
+    entry.waiter = latch as u64;
     let timeout = i64::from(crate::gucs::AUDIT_DURABLE_TIMEOUT.get());
     let started = std::time::Instant::now();
     // Counted before the push, so that a worker about to gather sees it.
     h.durable_waiting.fetch_add(1, Ordering::SeqCst);
     let _waiting = Waiting(h);
     let pos = push(h, &entry, read.database, timeout, true)?;
-    let room = h.room.get();
-    let mut prepared = false;
-    let outcome = loop {
+    loop {
+        // Reset before the check, so that a wake-up between the check and the wait is
+        // not lost (WaitLatch returns at once for a latch set meanwhile).
+        // SAFETY: this process's own latch.
+        unsafe { pg_sys::ResetLatch(latch) };
         let (from, to) = (
             h.dropped_from.load(Ordering::SeqCst),
             h.dropped_to.load(Ordering::SeqCst),
         );
         if (from..to).contains(&pos) {
-            break Err(NotQueued::Dropped);
+            return Err(NotQueued::Dropped);
         }
         if h.committed.load(Ordering::SeqCst) > pos {
-            break Ok(());
+            return Ok(());
         }
         let left = timeout - started.elapsed().as_millis() as i64;
         if left <= 0 {
-            break Err(NotQueued::TimedOut);
+            return Err(NotQueued::TimedOut);
         }
-        if !prepared {
-            // SAFETY: a condition variable in shared memory, initialised at startup;
-            // preparing before the last check means no broadcast is missed.
-            unsafe { pg_sys::ConditionVariablePrepareToSleep(room) };
-            prepared = true;
-            continue;
+        // SAFETY: waits on this process's own latch; a cancel or terminate request is
+        // served by check_for_interrupts (an ERROR unwinds through `_waiting`).
+        unsafe {
+            pg_sys::WaitLatch(
+                latch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                left,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
         }
-        // SAFETY: prepared above; cancelled below (or at abort, on an interrupt).
-        unsafe { pg_sys::ConditionVariableTimedSleep(room, left, pg_sys::PG_WAIT_EXTENSION) };
-    };
-    if prepared {
-        // SAFETY: cancels this backend's own prepared sleep.
-        unsafe { pg_sys::ConditionVariableCancelSleep() };
+        pgrx::check_for_interrupts!();
     }
-    outcome
 }
 
 /// Worker: durable readers are waiting for a commit (write now, do not gather).
@@ -343,9 +347,11 @@ pub fn peek_batch() -> Option<(u64, Vec<Entry>)> {
     (!entries.is_empty()).then_some((tail, entries))
 }
 
-/// Worker: the `n` entries from ring position `tail` are done — written (and committed),
-/// or dropped because the extension is not installed in the worker's database.
-pub fn advance(tail: u64, n: usize, written: bool) {
+/// Worker: the `entries` from ring position `tail` are done — written (and committed),
+/// or dropped because the extension is not installed in the worker's database. Their
+/// durable readers are woken.
+pub fn advance(tail: u64, entries: &[Entry], written: bool) {
+    let n = entries.len();
     let Some(h) = header() else {
         return;
     };
@@ -358,6 +364,12 @@ pub fn advance(tail: u64, n: usize, written: bool) {
         h.dropped_to.store(0, Ordering::SeqCst);
         h.dropped_from.store(tail, Ordering::SeqCst);
         h.dropped_to.store(end, Ordering::SeqCst);
+    }
+    for e in entries.iter().filter(|e| e.waiter != 0) {
+        // SAFETY: the waiter is the latch in a backend's PGPROC (shared memory, lives as
+        // long as the server); if that backend has gone, SetLatch only wakes whoever
+        // uses the PGPROC now, and latch users always re-check their condition.
+        unsafe { pg_sys::SetLatch(e.waiter as *mut pg_sys::Latch) };
     }
     unsafe { pg_sys::ConditionVariableBroadcast(h.room.get()) };
 }

@@ -17,6 +17,9 @@ mod audit;
 // Durable audited reads: committed before the plaintext leaves, fail closed, crashes.
 #[path = "it/durable.rs"]
 mod durable;
+// Caller identity: a tenant user's definer function run by autovacuum, ANALYZE, admins.
+#[path = "it/caller.rs"]
+mod caller;
 
 use common::keys::{body, random_alnum, unissued_native_key, with_bad_checksum};
 use common::secrets::*;
