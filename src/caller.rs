@@ -48,10 +48,44 @@ pub fn invoker() -> pg_sys::Oid {
     // SAFETY: GetUserId only reads backend-local state (it asserts a user is set,
     // which is true in any backend running SQL).
     let current = unsafe { pg_sys::GetUserId() };
-    FRAMES.with(|f| match f.borrow().last() {
-        Some(frame) if frame.runs_as == current => frame.caller,
-        _ => current,
-    })
+    let framed = FRAMES.with(|f| match f.borrow().last() {
+        Some(frame) if frame.runs_as == current => Some(frame.caller),
+        _ => None,
+    });
+    match framed {
+        Some(caller) => caller,
+        None if !entry_points_installed() => legacy_invoker(current),
+        None => current,
+    }
+}
+
+/// Whether this database holds the SQL of a version with entry points (0.2.0 on):
+/// schema `api_key_mgmt_impl` exists. One syscache probe.
+fn entry_points_installed() -> bool {
+    // SAFETY: a syscache lookup by name; missing_ok, so it never raises.
+    unsafe { pg_sys::get_namespace_oid(IMPL_SCHEMA.as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// The caller as version 0.1.0 found it, for a database whose SQL is still 0.1.0's
+/// (between installing this library and `ALTER EXTENSION api_key_mgmt UPDATE`): its
+/// public functions are `SECURITY DEFINER` themselves, so no entry point records the
+/// caller, and the current user inside them is the owner. Answering the owner would
+/// make every caller a superuser; this answers what 0.1.0 did (`SET ROLE`'s role,
+/// else the session user), no better and no worse, until the update installs the
+/// entry points (UPDATING.md says to run it at once).
+fn legacy_invoker(current: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: these read backend-local state only.
+    unsafe {
+        if !pg_sys::InLocalUserIdChange() {
+            return current;
+        }
+        let role = pg_sys::GetCurrentRoleId();
+        if role != pg_sys::InvalidOid {
+            role
+        } else {
+            pg_sys::GetSessionUserId()
+        }
+    }
 }
 
 /// A pushed [`Frame`], popped when dropped (on return, and when an ERROR unwinds

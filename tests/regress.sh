@@ -9,6 +9,8 @@
 #   tests/regress.sh              run; non-zero exit and a diff on any difference
 #   REGRESS_AUTO=1 tests/regress.sh   also promote the actual output to expected/
 #   tests/regress.sh 03_validate 07_secrets   only these (after setup and those before them)
+#   REGRESS_FROM=0.1.0 tests/regress.sh   the same suite on a database whose extension was
+#                                  installed at 0.1.0 and updated (ALTER EXTENSION UPDATE)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${REGRESS_DIR:-/tmp/api_key_mgmt/regress}
@@ -26,7 +28,8 @@ trap '"$here/cluster.sh" stop "$dir"' EXIT
 "$here/cluster.sh" start "$dir" "$port" "client_min_messages = warning" "lc_messages = 'C'" \
     "api_key_mgmt.audit_read_mode = 'transaction'"
 psql -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" \
-    -c "ALTER DATABASE $db SET regress.keys = '$dir/keys'"
+    -c "ALTER DATABASE $db SET regress.keys = '$dir/keys'" \
+    -c "ALTER DATABASE $db SET regress.from_version = '${REGRESS_FROM:-}'"
 
 mkdir -p "$out"
 # Master key files for 07_secrets (test keys, readable by the server only).

@@ -1,5 +1,14 @@
--- Run once before the other regression tests.
+-- Run once before the other regression tests. With regress.from_version set
+-- (REGRESS_FROM=0.1.0 tests/regress.sh) the extension is installed at that version and
+-- then updated, so that the whole suite runs on an updated database.
+SELECT current_setting('regress.from_version') AS from_version,
+       current_setting('regress.from_version') <> '' AS upgrade \gset
+\if :upgrade
+CREATE EXTENSION api_key_mgmt VERSION :'from_version';
+ALTER EXTENSION api_key_mgmt UPDATE;
+\else
 CREATE EXTENSION api_key_mgmt;
+\endif
 CREATE SCHEMA regress;
 GRANT USAGE ON SCHEMA regress TO PUBLIC;
 -- try(sql) -> 'ok' or '<SQLSTATE>: <message>': errors as data, so every expected
