@@ -29,6 +29,9 @@ command -v valgrind >/dev/null || { echo "instructions: valgrind is not installe
 "$ROOT/tests/cluster.sh" stop "$DIR"      # single-user mode needs the cluster stopped
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+# What PostgREST sets before its pre-request hook (session-wide here, for every EXECUTE):
+# a POST to a route that needs agents:orchestration, with key 4242 in X-API-Key.
+HOOK_REQUEST="SELECT set_config('request.method', 'POST', false), set_config('request.path', '/rpc/orchestrate', false), set_config('request.headers', json_build_object('x-api-key', api_key)::text, false) FROM bench.side WHERE id = 4242;"
 # name | PREPARE (the statement is named p) | EXECUTE
 VARIANTS_ALL=(
 "floor|PREPARE p(int) AS SELECT api_key FROM bench.side WHERE id = \$1;|EXECUTE p(4242);"
@@ -39,6 +42,8 @@ VARIANTS_ALL=(
 "validate_field|PREPARE p(int, text) AS SELECT (api_key_mgmt.validate_api_key(s.api_key, \$2)).code FROM bench.side s WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
 "sql_join|PREPARE p(int) AS SELECT k.id, t.disabled_at FROM bench.side s JOIN api_key_mgmt.api_keys k ON k.key_hash = api_key_mgmt_internal.hash_key(s.api_key) JOIN api_key_mgmt.tenants t ON t.id = k.tenant_id WHERE s.id = \$1;|EXECUTE p(4242);"
 "handwritten|PREPARE p(int, text) AS SELECT v.valid, v.code FROM bench.side s CROSS JOIN LATERAL bench.hw_validate_api_key(s.api_key, \$2) v WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
+"hook|$HOOK_REQUEST PREPARE p AS SELECT api_key_mgmt.authenticate_request();|EXECUTE p;"
+"hook_body|$HOOK_REQUEST PREPARE p AS SELECT api_key_mgmt_impl.authenticate_request();|EXECUTE p;"
 )
 declare -A WHAT=(
     [floor]="the floor script's statement"
@@ -49,6 +54,8 @@ declare -A WHAT=(
     [validate_field]="(validate_api_key()).code in the select list: one field, no FunctionScan"
     [sql_join]="floor + plain SQL join: hash_key() + api_keys and tenants index probes"
     [handwritten]="the handwritten script's statement"
+    [hook]="authenticate_request(), PostgREST's pre-request hook, through its entry point (src/caller.rs)"
+    [hook_body]="the same hook's body called directly (as the owner): hook minus this is the entry point's cost"
 )
 
 rm -rf "$OUT"; mkdir -p "$OUT"

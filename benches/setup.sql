@@ -117,3 +117,9 @@ SELECT g, api_key_mgmt.create_tenant('bench tenant ' || g, '{*}', 'bench-' || g)
 
 INSERT INTO bench.hw_tenants (id, disabled_at, allowed_scopes)
 SELECT id, disabled_at, allowed_scopes FROM api_key_mgmt.tenants;
+
+-- ---------------------------------------------------------------------------------
+-- A route of the PostgREST pre-request hook, for authenticate_request() in
+-- benches/instructions.sh (the keys hold agents:orchestration).
+-- ---------------------------------------------------------------------------------
+SELECT api_key_mgmt.add_route_scope('POST', '/rpc/orchestrate', 'agents:orchestration');
