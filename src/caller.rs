@@ -247,6 +247,33 @@ pub fn prints_row(sqlstate: i32, schema: Option<&str>) -> bool {
         && matches!(schema, Some("api_key_mgmt" | "api_key_mgmt_internal"))
 }
 
+/// Run `f`, which calls one of the extension's own functions (they write only the
+/// extension's tables): a constraint violation it raises is raised again with its
+/// SQLSTATE, message and hint but [`WITHHELD`] as its DETAIL. For the internal
+/// functions the invoker-rights C paths call (`catalog::call_internal`); the entry
+/// points do the same in [`capture_error`], keeping every other field.
+pub fn without_row_details<T>(f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(payload) => {
+            if let Some(pg_sys::panic::CaughtError::PostgresError(e)) =
+                payload.downcast_ref::<pg_sys::panic::CaughtError>()
+            {
+                let code = e.sql_error_code();
+                if e.detail().is_some() && code as i32 & CATEGORY_MASK == CLASS_23 {
+                    crate::errors::raise_with_detail(
+                        code,
+                        e.message().to_owned(),
+                        WITHHELD.to_str().expect("ASCII"),
+                        e.hint().unwrap_or(""),
+                    );
+                }
+            }
+            std::panic::resume_unwind(payload)
+        }
+    }
+}
+
 /// The DETAIL that replaces one that would print a stored row.
 pub const WITHHELD: &CStr = c"The row's values are withheld: the extension's tables hold key hashes, ciphertext and tokens.";
 

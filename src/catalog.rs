@@ -479,7 +479,9 @@ pub fn call_internal(
         let func = flinfo.fn_addr.expect("fmgr_info sets fn_addr");
         // A SECURITY DEFINER function sees the role that called us as its caller.
         let _frame = crate::caller::definer_of(oid).map(crate::caller::FrameGuard::enter);
-        let result = pg_sys::ffi::pg_guard_ffi_boundary(|| func(fcinfo));
+        let result = crate::caller::without_row_details(|| {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| func(fcinfo))
+        });
         let isnull = (*fcinfo).isnull;
         pg_sys::pfree(fcinfo.cast());
         (!isnull).then_some(result)

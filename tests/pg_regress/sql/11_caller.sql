@@ -177,6 +177,18 @@ BEGIN;
 ALTER TABLE api_key_mgmt.api_keys ADD CONSTRAINT regress_no_trip CHECK (name <> 'trip');
 SELECT regress.try_detail(format('SELECT * FROM api_key_mgmt.issue_api_key(%L, %L, %L)', :'ca', 'trip', '{agents:run}'));
 ROLLBACK;
+-- The same through the invoker-rights C functions' internal SECURITY DEFINER helpers:
+-- a charge's full path (it has an idempotency key) and an audited secret read.
+SELECT api_key_mgmt.put_tenant_secret(:'ca', 'openai', 'sk-proj-callercallercaller000001') IS NOT NULL AS secret_stored;
+BEGIN;
+ALTER TABLE api_key_mgmt.usage_events ADD CONSTRAINT regress_no_trip CHECK (model IS DISTINCT FROM 'trip');
+SELECT regress.try_detail(format($$SELECT * FROM api_key_mgmt.charge_api_key(%L, 'agents:run', 1, 1, 'openai', 'trip', 'idem-trip')$$, :'usr_key'));
+ROLLBACK;
+BEGIN;
+ALTER TABLE api_key_mgmt.audit_log ADD CONSTRAINT regress_no_trip CHECK (user_agent IS DISTINCT FROM 'trip');
+SELECT set_config('request.headers', '{"user-agent": "trip"}', true) IS NOT NULL AS headers_set;
+SELECT regress.try_detail(format($$SELECT api_key_mgmt.get_tenant_secret(%L, 'openai', 'agents:run')$$, :'ca'));
+ROLLBACK;
 -- The same through a direct write as a superuser is PostgreSQL's own business: shown
 -- here only to prove the test constraint prints the row when no entry point is crossed.
 BEGIN;
