@@ -231,6 +231,9 @@ BEGIN
     END IF;
     PERFORM api_key_mgmt_internal.check_text('display_name', register_provider.display_name, 100);
     IF register_provider.key_pattern IS NOT NULL THEN
+        IF pg_catalog.char_length(register_provider.key_pattern) > 500 THEN
+            RAISE EXCEPTION 'key_pattern must be at most 500 characters' USING ERRCODE = '22023';
+        END IF;
         BEGIN
             PERFORM '' ~ register_provider.key_pattern;
         EXCEPTION WHEN invalid_regular_expression THEN

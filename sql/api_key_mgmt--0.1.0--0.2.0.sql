@@ -163,6 +163,41 @@ $$;
 
 -- 3. Changed bodies (now in api_key_mgmt_impl).
 
+-- register_provider(id, display_name, key_pattern) -> void: add or update a provider
+-- of your own. Built-in providers belong to the extension (55000).
+CREATE OR REPLACE FUNCTION api_key_mgmt_impl.register_provider(id text, display_name text, key_pattern text DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM api_key_mgmt_internal.authorize(NULL, 'platform');
+    IF register_provider.id IS NULL OR register_provider.id !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'provider id must be 1 to 63 characters: lower-case letters, digits, _ . -'
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM api_key_mgmt_internal.check_text('display_name', register_provider.display_name, 100);
+    IF register_provider.key_pattern IS NOT NULL THEN
+        IF pg_catalog.char_length(register_provider.key_pattern) > 500 THEN
+            RAISE EXCEPTION 'key_pattern must be at most 500 characters' USING ERRCODE = '22023';
+        END IF;
+        BEGIN
+            PERFORM '' ~ register_provider.key_pattern;
+        EXCEPTION WHEN invalid_regular_expression THEN
+            RAISE EXCEPTION 'key_pattern is not a valid regular expression' USING ERRCODE = '22023';
+        END;
+    END IF;
+    IF EXISTS (SELECT FROM api_key_mgmt.providers p WHERE p.id = register_provider.id AND p.builtin) THEN
+        RAISE EXCEPTION 'provider "%" is built in and cannot be changed', register_provider.id
+            USING ERRCODE = '55000', HINT = 'Register your variant under another id, e.g. "%-custom".';
+    END IF;
+    INSERT INTO api_key_mgmt.providers AS p (id, display_name, key_pattern)
+    VALUES (register_provider.id, register_provider.display_name, register_provider.key_pattern)
+    ON CONFLICT ON CONSTRAINT providers_pkey DO UPDATE
+        SET display_name = EXCLUDED.display_name, key_pattern = EXCLUDED.key_pattern;
+    PERFORM api_key_mgmt_internal.audit(NULL, 'provider.registered', 'provider', register_provider.id,
+        pg_catalog.jsonb_build_object('display_name', register_provider.display_name,
+                                      'key_pattern', register_provider.key_pattern));
+END
+$$;
+
 -- update_tenant(tenant_id, changes jsonb) -> void. Fields: name, external_id,
 -- allowed_scopes, key_type_prefix, max_key_age, settings; a JSON null clears
 -- external_id or max_key_age.
