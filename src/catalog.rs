@@ -125,8 +125,8 @@ unsafe fn column_names(name: &'static CStr, tupdesc: pg_sys::TupleDesc) -> Rc<[S
     if let Some(n) = CACHE.with(|c| c.borrow().get(name).and_then(|e| e.names.clone())) {
         return n;
     }
-    let natts = unsafe { (*tupdesc).natts } as usize;
-    let names: Rc<[String]> = unsafe { (*tupdesc).attrs.as_slice(natts) }
+    // SAFETY: an open relation's descriptor, alive for this call.
+    let names: Rc<[String]> = unsafe { crate::pg_compat::attrs(tupdesc) }
         .iter()
         .map(|a| {
             if a.attisdropped {

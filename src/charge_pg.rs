@@ -210,8 +210,7 @@ unsafe fn positions<const N: usize>(
     complete: bool,
 ) -> Option<[usize; N]> {
     unsafe {
-        let natts = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(natts);
+        let attrs = crate::pg_compat::attrs(tupdesc);
         let mut out = [usize::MAX; N];
         for (i, a) in attrs.iter().enumerate() {
             if a.attisdropped {
@@ -454,7 +453,6 @@ unsafe fn write(
         pg_sys::systable_endscan(scan);
 
         let xact_snapshot = pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
-        let am = &*(*rel).rd_tableam;
         let mut locked = false;
         let mut out = ResultRow::<8>::default();
         let mut tmfd = pg_sys::TM_FailureData::default();
@@ -486,23 +484,25 @@ unsafe fn write(
                 pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::ExecStoreHeapTuple(newtuple, newslot, true);
             let mut lockmode = pg_sys::LockTupleMode::LockTupleNoKeyExclusive;
-            let mut update_indexes = false;
-            let updated = am.tuple_update.expect("tuple_update")(
+            let (updated, index_update) = crate::pg_compat::tuple_update(
                 rel,
                 &mut otid,
                 newslot,
                 cid,
                 snapshot,
-                std::ptr::null_mut(),
-                true,
                 &mut tmfd,
                 &mut lockmode,
-                &mut update_indexes,
             );
             match updated {
                 pg_sys::TM_Result::TM_Ok => {
-                    if update_indexes {
-                        insert_index_entries(rel, newslot);
+                    match index_update {
+                        crate::pg_compat::IndexUpdate::None => {}
+                        crate::pg_compat::IndexUpdate::All => {
+                            insert_index_entries(rel, newslot, false)
+                        }
+                        crate::pg_compat::IndexUpdate::Summarizing => {
+                            insert_index_entries(rel, newslot, true)
+                        }
                     }
                     break true;
                 }
@@ -578,22 +578,19 @@ unsafe fn lock_newest(
 
 /// Index entries for a tuple just written to `rel` (its TID in `slot`), as the
 /// executor makes them: expressions, partial indexes and unique checks included.
-unsafe fn insert_index_entries(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) {
+/// `only_summarizing`: a HOT update that needs entries in summarizing indexes only.
+unsafe fn insert_index_entries(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    only_summarizing: bool,
+) {
     unsafe {
         let estate = pg_sys::CreateExecutorState();
         let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
             .cast::<pg_sys::ResultRelInfo>();
         pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
         pg_sys::ExecOpenIndices(rri, false);
-        let recheck = pg_sys::ExecInsertIndexTuples(
-            rri,
-            slot,
-            estate,
-            false,
-            false,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
+        let recheck = crate::pg_compat::insert_index_tuples(rri, slot, estate, only_summarizing);
         pg_sys::list_free(recheck);
         pg_sys::ExecCloseIndices(rri);
         pg_sys::FreeExecutorState(estate);
@@ -628,7 +625,7 @@ unsafe fn usage_partition(occurred_at: i64) -> Option<(pg_sys::Relation, [usize;
                 return None;
             }
             let bounds = (*desc).boundinfo;
-            if (*bounds).strategy != pg_sys::PARTITION_STRATEGY_RANGE as core::ffi::c_char {
+            if !crate::pg_compat::is_range(bounds) {
                 return None;
             }
             let mut cmp = pg_sys::FmgrInfo::default();
@@ -725,7 +722,7 @@ unsafe fn usage_values(
     ];
     unsafe {
         let tupdesc = (*part).rd_att;
-        let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+        let attrs = crate::pg_compat::attrs(tupdesc);
         // id and tenant_id are always set.
         let refused = (2..13).any(|i| fields[i].is_none() && attrs[pos[i]].attnotnull);
         (!refused).then_some(fields)
@@ -755,7 +752,7 @@ unsafe fn insert_usage(
         pg_sys::ExecStoreHeapTuple(tuple, slot, true);
         let am = &*(*part).rd_tableam;
         am.tuple_insert.expect("tuple_insert")(part, slot, cid, 0, std::ptr::null_mut());
-        insert_index_entries(part, slot);
+        insert_index_entries(part, slot, false);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
     }
 }

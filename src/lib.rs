@@ -42,6 +42,7 @@ pub mod logmask;
 pub mod logmask_pg;
 pub mod metering;
 pub mod metering_pg;
+pub mod pg_compat;
 pub mod ratelimit;
 pub mod ratelimit_pg;
 pub mod result_row;

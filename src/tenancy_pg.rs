@@ -31,7 +31,7 @@ thread_local! {
 }
 
 fn lxid() -> u32 {
-    unsafe { (*pg_sys::MyProc).lxid }
+    crate::pg_compat::local_xid()
 }
 
 pub(crate) fn setting(name: &CStr) -> Option<String> {

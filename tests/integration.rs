@@ -934,10 +934,11 @@ fn keys_masked_in_server_log() {
     logged("HINT:  ", &masked, "hint");
     logged("CONTEXT:  ", &masked, "SQL statement \"SELECT 1/0,");
     logged("QUERY:  ", &masked_other, "+");
+    // "parameters:" up to PostgreSQL 15, "Parameters:" from 16.
     logged(
         "DETAIL:  ",
         &masked,
-        &format!("parameters: $1 = '{masked}', $2 = '{bad}'"),
+        &format!("arameters: $1 = '{masked}', $2 = '{bad}'"),
     );
     logged(
         "CONTEXT:  ",

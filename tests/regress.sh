@@ -17,7 +17,11 @@ dir=${REGRESS_DIR:-/tmp/api_key_mgmt/regress}
 port=${REGRESS_PORT:-54340}
 out=$dir/out
 db=api_key_mgmt_regress
-pgxs=$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")
+# PG_CONFIG picks the PostgreSQL (default Debian's 15); its programs run the cluster.
+pg_config=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+bindir=$("$pg_config" --bindir)
+export PG_BIN=$bindir
+pgxs=$(dirname "$("$pg_config" --pgxs)")
 pg_regress=$pgxs/../test/regress/pg_regress
 
 "$here/cluster.sh" stop "$dir"
@@ -27,7 +31,7 @@ trap '"$here/cluster.sh" stop "$dir"' EXIT
 # secret reads are audited in the reading transaction (durable reads would fail closed).
 "$here/cluster.sh" start "$dir" "$port" "client_min_messages = warning" "lc_messages = 'C'" \
     "api_key_mgmt.audit_read_mode = 'transaction'"
-psql -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" \
+"$bindir/psql" -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" \
     -c "ALTER DATABASE $db SET regress.keys = '$dir/keys'" \
     -c "ALTER DATABASE $db SET regress.from_version = '${REGRESS_FROM:-}'"
 
@@ -63,7 +67,7 @@ fi
 
 status=0
 (cd "$here/pg_regress" && env -u PGDATABASE -u PGHOST -u PGPORT -u PGUSER \
-    "$pg_regress" --host="$dir" --port="$port" --user=postgres --use-existing \
+    "$pg_regress" --bindir="$bindir" --host="$dir" --port="$port" --user=postgres --use-existing \
     --dbname="$db" --inputdir="$here/pg_regress" --outputdir="$out" "${tests[@]}") || status=$?
 
 if [ "${REGRESS_AUTO:-0}" = 1 ]; then
