@@ -198,3 +198,13 @@ GRANT SELECT (id, tenant_id, session_id, secret_id, secret_name, environment, di
               max_uses, uses, created_at, last_used_at, revoked_at)
     ON api_key_mgmt.proxy_tokens TO api_key_mgmt_admin, api_key_mgmt_user;
 GRANT SELECT (project_id, tags) ON api_key_mgmt.tenant_secrets TO api_key_mgmt_admin, api_key_mgmt_user;
+
+-- ---------------------------------------------------------------------------------
+-- Monitoring (sql/011_monitoring.sql, issue 17): the metrics view and the health check
+-- for the monitoring role, PostgreSQL's pg_monitor and platform administrators. They
+-- show counts only.
+-- ---------------------------------------------------------------------------------
+GRANT USAGE ON SCHEMA api_key_mgmt TO api_key_mgmt_monitor, pg_monitor;
+GRANT SELECT ON api_key_mgmt.metrics TO api_key_mgmt_monitor, pg_monitor, api_key_mgmt_admin;
+GRANT EXECUTE ON FUNCTION api_key_mgmt_internal.metric_counters(), api_key_mgmt.health()
+    TO api_key_mgmt_monitor, pg_monitor, api_key_mgmt_admin;

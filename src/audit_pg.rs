@@ -37,7 +37,7 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-const MAGIC: u64 = 0x616b_6d5f_6175_0003;
+const MAGIC: u64 = 0x616b_6d5f_6175_0004;
 /// Entries written per worker transaction.
 pub const BATCH: usize = 512;
 
@@ -62,6 +62,10 @@ struct Header {
     durable_waiting: AtomicU32,
     /// Durable reads refused because their entry was not committed in time.
     failed: AtomicU64,
+    /// Entries taken into the queue; entries dropped by the worker (no extension in its
+    /// database).
+    queued_total: AtomicU64,
+    dropped: AtomicU64,
     /// Broadcast by the worker after each batch (room made): readers that found the
     /// queue full wait on it. (Durable readers waiting for their commit are woken one
     /// by one through the latch their entry names.)
@@ -169,6 +173,7 @@ fn push(
         let pushed = taken.then(|| ring().push(entry)).flatten();
         h.appending.fetch_sub(1, Ordering::SeqCst);
         if let Some(p) = pushed {
+            h.queued_total.fetch_add(1, Ordering::Relaxed);
             // Wake the worker for the first entry, and again at half full in case it is
             // still gathering (for every entry when a reader waits for its commit). Its
             // latch lives in its PGPROC, in shared memory.
@@ -334,6 +339,38 @@ unsafe extern "C-unwind" fn on_worker_exit(_code: i32, _arg: pg_sys::Datum) {
     detach_worker();
 }
 
+/// The queue's counters since server start, for monitoring (src/metrics_pg.rs).
+pub struct Stats {
+    pub queued: u64,
+    pub written: u64,
+    pub synchronous: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub depth: u64,
+    pub capacity: u64,
+    /// The database the maintenance worker takes entries for (0: none now).
+    pub worker_database: u64,
+}
+
+pub fn stats() -> Option<Stats> {
+    let h = header()?;
+    let attached = h.latch.load(Ordering::SeqCst) != 0;
+    Some(Stats {
+        queued: h.queued_total.load(Ordering::Relaxed),
+        written: h.written.load(Ordering::Relaxed),
+        synchronous: h.synchronous.load(Ordering::Relaxed),
+        failed: h.failed.load(Ordering::Relaxed),
+        dropped: h.dropped.load(Ordering::Relaxed),
+        depth: ring().len(),
+        capacity: ring().capacity(),
+        worker_database: if attached {
+            u64::from(h.database.load(Ordering::SeqCst))
+        } else {
+            0
+        },
+    })
+}
+
 /// Entries queued now (0 without the queue).
 pub fn queued() -> u64 {
     header().map_or(0, |_| ring().len())
@@ -361,6 +398,7 @@ pub fn advance(tail: u64, entries: &[Entry], written: bool) {
         h.written.fetch_add(n as u64, Ordering::Relaxed);
         h.committed.fetch_max(end, Ordering::SeqCst);
     } else {
+        h.dropped.fetch_add(n as u64, Ordering::Relaxed);
         h.dropped_to.store(0, Ordering::SeqCst);
         h.dropped_from.store(tail, Ordering::SeqCst);
         h.dropped_to.store(end, Ordering::SeqCst);

@@ -176,12 +176,32 @@ pub unsafe extern "C-unwind" fn akm_charge_api_key(
             .map(|(i, t)| (*t, arg(i)))
             .collect();
         match catalog::call_internal(c"charge_api_key_full", &args) {
-            Some(d) => d,
+            Some(d) => {
+                count_outcome(d);
+                d
+            }
             None => {
                 (*fcinfo).isnull = true;
                 pg_sys::Datum::from(0usize)
             }
         }
+    }
+}
+
+/// Count the outcome of a charge the full path made (its `charge_result.code`).
+fn count_outcome(result: pg_sys::Datum) {
+    use pgrx::FromDatum;
+    let mut isnull = false;
+    // SAFETY: `result` is the charge_result composite charge_api_key_full returned;
+    // GetAttributeByName reads its attribute "code" (detoasting the tuple as needed) and
+    // answers NULL (isnull) when it has none.
+    let code = unsafe {
+        let tuple = pg_sys::pg_detoast_datum(result.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+        let d = pg_sys::GetAttributeByName(tuple, c"code".as_ptr(), &mut isnull);
+        String::from_datum(d, isnull)
+    };
+    if let Some(code) = code {
+        crate::metrics_pg::count_charge(&code);
     }
 }
 
@@ -535,6 +555,7 @@ unsafe fn write(
         pg_sys::table_close(part, pg_sys::NoLock as pg_sys::LOCKMODE);
         out.set(0, true.into_datum());
         out.set(1, "ok".into_datum());
+        crate::metrics_pg::count_charge("ok");
         out.set(6, event_id.into_datum());
         Some(out)
     }

@@ -14,6 +14,7 @@
 //! | `api_key_mgmt.audit_reads_in_transaction` | bool | superuser | off (deprecated) |
 //! | `api_key_mgmt.audit_read_mode` | enum | superuser | `durable` |
 //! | `api_key_mgmt.audit_durable_timeout` | integer (ms) | superuser | 5000 |
+//! | `api_key_mgmt.metrics_top_tenants` | integer | superuser | 0 |
 //! | `api_key_mgmt.clock_override` | text (timestamptz) | superuser | unset: the real clock |
 //! | `api_key_mgmt.rate_limit_slots` | integer | server start | 65536 |
 //! | `api_key_mgmt.agent_request_timeout` | integer (s) | superuser | 1h |
@@ -75,6 +76,8 @@ pub enum AuditReadMode {
 
 pub static AUDIT_READ_MODE: GucSetting<AuditReadMode> =
     GucSetting::<AuditReadMode>::new(AuditReadMode::Durable);
+/// Tenants whose month's spend the metrics view shows, highest first (0: none).
+pub static METRICS_TOP_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// How long (ms) a durable read waits for its audit entry to be committed.
 pub static AUDIT_DURABLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
@@ -272,6 +275,16 @@ pub fn init() {
         c"How a secret read's audit entry is written: durable, queued or transaction.",
         c"durable: the plaintext is returned only after the entry is committed (fails closed with 58000); queued: returned at once, the entries still queued are lost in a crash; transaction: written in the reading transaction.",
         &AUDIT_READ_MODE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key_mgmt.metrics_top_tenants",
+        c"How many tenants the metrics view shows the month's spend of, highest first.",
+        c"0 (the default): no per-tenant series. Each one is a Prometheus series labelled by tenant id.",
+        &METRICS_TOP_TENANTS,
+        0,
+        1000,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -42,6 +42,8 @@ pub mod logmask;
 pub mod logmask_pg;
 pub mod metering;
 pub mod metering_pg;
+pub mod metrics;
+pub mod metrics_pg;
 pub mod pg_compat;
 pub mod ratelimit;
 pub mod ratelimit_pg;
@@ -95,9 +97,14 @@ extension_sql_file!(
     requires = ["tenancy"]
 );
 extension_sql_file!(
+    "../sql/011_monitoring.sql",
+    name = "monitoring",
+    requires = ["agents"]
+);
+extension_sql_file!(
     "../sql/098_entry_points.sql",
     name = "entry_points",
-    requires = ["agents"]
+    requires = ["monitoring"]
 );
 extension_sql_file!("../sql/099_grants.sql", name = "grants", finalize);
 
@@ -108,6 +115,7 @@ pub extern "C-unwind" fn _PG_init() {
     logmask_pg::install();
     ratelimit_pg::init();
     audit_pg::init();
+    metrics_pg::init();
     agents_pg::init();
 }
 

@@ -128,5 +128,6 @@ pub fn consume(
     // partition of each limit).
     let result = ratelimit::consume_all(unsafe { all_slots() }, PARTS, reqs, now, cost);
     drop(held);
+    crate::metrics_pg::count_rate_limit(result.0);
     Some(result)
 }

@@ -32,6 +32,37 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in a fixed order (the monitoring counters are indexed by it).
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Missing,
+        Code::Malformed,
+        Code::BadChecksum,
+        Code::NotFound,
+        Code::TenantDisabled,
+        Code::Revoked,
+        Code::Rotated,
+        Code::Expired,
+        Code::InvalidScope,
+        Code::ScopeDenied,
+        Code::ProviderDenied,
+        Code::ModelDenied,
+        Code::DailyCapExceeded,
+        Code::MonthlyCapExceeded,
+        Code::CreditsExhausted,
+        Code::RateLimited,
+    ];
+
+    /// Position in [`Code::ALL`].
+    pub fn index(self) -> usize {
+        Code::ALL.iter().position(|c| *c == self).expect("listed")
+    }
+
+    /// The code of an `as_str` value.
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Ok => "ok",

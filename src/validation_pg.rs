@@ -66,6 +66,7 @@ type Output = ResultRow<N_OUT>;
 
 impl ResultRow<N_OUT> {
     fn code(&mut self, code: Code) {
+        crate::metrics_pg::count_validation(code);
         self.set(O_VALID, (code == Code::Ok).into_datum());
         self.set(O_CODE, code.as_str().into_datum());
     }

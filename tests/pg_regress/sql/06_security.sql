@@ -21,7 +21,8 @@ SELECT c.oid::regclass AS tbl, c.relrowsecurity AS rls, c.relforcerowsecurity AS
  WHERE c.relkind IN ('r', 'p')
  ORDER BY 1;
 
--- Views run with the caller's rights, so RLS applies through them.
+-- Views run with the caller's rights, so RLS applies through them; the one exception,
+-- api_key_mgmt.metrics, shows counts only and is granted to the monitoring roles alone.
 SELECT c.oid::regclass AS view, c.reloptions
   FROM pg_class c JOIN pg_depend d ON d.objid = c.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'api_key_mgmt'
