@@ -42,6 +42,7 @@ VARIANTS_ALL=(
 "validate_field|PREPARE p(int, text) AS SELECT (api_key_mgmt.validate_api_key(s.api_key, \$2)).code FROM bench.side s WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
 "sql_join|PREPARE p(int) AS SELECT k.id, t.disabled_at FROM bench.side s JOIN api_key_mgmt.api_keys k ON k.key_hash = api_key_mgmt_internal.hash_key(s.api_key) JOIN api_key_mgmt.tenants t ON t.id = k.tenant_id WHERE s.id = \$1;|EXECUTE p(4242);"
 "handwritten|PREPARE p(int, text) AS SELECT v.valid, v.code FROM bench.side s CROSS JOIN LATERAL bench.hw_validate_api_key(s.api_key, \$2) v WHERE s.id = \$1;|EXECUTE p(4242, 'agents:orchestration');"
+"charge|PREPARE p AS SELECT (api_key_mgmt.charge_api_key((SELECT k.id FROM api_key_mgmt.api_keys k ORDER BY k.id LIMIT 1), 'agents:orchestration', 0.001)).code;|EXECUTE p;"
 "hook|$HOOK_REQUEST PREPARE p AS SELECT api_key_mgmt.authenticate_request();|EXECUTE p;"
 "hook_body|$HOOK_REQUEST PREPARE p AS SELECT api_key_mgmt_impl.authenticate_request();|EXECUTE p;"
 )
@@ -54,6 +55,7 @@ declare -A WHAT=(
     [validate_field]="(validate_api_key()).code in the select list: one field, no FunctionScan"
     [sql_join]="floor + plain SQL join: hash_key() + api_keys and tenants index probes"
     [handwritten]="the handwritten script's statement"
+    [charge]="charge_api_key() of 0.001 on the first key (its native path: meter update and usage row)"
     [hook]="authenticate_request(), PostgREST's pre-request hook, through its entry point (src/caller.rs)"
     [hook_body]="the same hook's body called directly (as the owner): hook minus this is the entry point's cost"
 )

@@ -620,7 +620,7 @@ SELECT 'api_key_mgmt_secrets_by_key_version', pg_catalog.jsonb_build_object('ver
        pg_catalog.count(*)::double precision, 'gauge'
   FROM api_key_mgmt.tenant_secrets s GROUP BY s.key_version
 UNION ALL
-SELECT 'api_key_mgmt_tenants', pg_catalog.jsonb_build_object('state', st.state),
+SELECT 'api_key_mgmt_tenants_by_state', pg_catalog.jsonb_build_object('state', st.state),
        (SELECT pg_catalog.count(*) FROM api_key_mgmt.tenants t
          WHERE (t.disabled_at IS NULL) = (st.state = 'active'))::double precision, 'gauge'
   FROM (VALUES ('active'), ('disabled')) AS st(state)

@@ -23,6 +23,9 @@ mod caller;
 // Updating in place from 0.1.0: same answers, same rows, the schema of a fresh install.
 #[path = "it/upgrade.rs"]
 mod upgrade;
+// Monitoring: postgres_exporter with monitoring/queries.yaml, scraped over loopback.
+#[path = "it/monitoring.rs"]
+mod monitoring;
 
 use common::keys::{body, random_alnum, unissued_native_key, with_bad_checksum};
 use common::secrets::*;

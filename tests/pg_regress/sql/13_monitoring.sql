@@ -41,7 +41,7 @@ SELECT m.metric, m.label, m.value, pg_temp.delta(m.metric, m.label, m.value) AS 
 
 -- Gauges of this database.
 SELECT regress.metric('api_key_mgmt_preloaded') AS preloaded,
-       regress.metric('api_key_mgmt_tenants', 'state', 'active') >= 1 AS active_tenants,
+       regress.metric('api_key_mgmt_tenants_by_state', 'state', 'active') >= 1 AS active_tenants,
        regress.metric('api_key_mgmt_secrets_by_key_version') = (SELECT count(*) FROM api_key_mgmt.tenant_secrets) AS secrets_counted;
 -- The tenant has spent 8 of a monthly cap of 12 (0.67); a charge of 2 takes it to
 -- 0.83: one more tenant past 0.8, none more past 0.9.
