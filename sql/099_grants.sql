@@ -206,5 +206,5 @@ GRANT SELECT (project_id, tags) ON api_key_mgmt.tenant_secrets TO api_key_mgmt_a
 -- ---------------------------------------------------------------------------------
 GRANT USAGE ON SCHEMA api_key_mgmt TO api_key_mgmt_monitor, pg_monitor;
 GRANT SELECT ON api_key_mgmt.metrics TO api_key_mgmt_monitor, pg_monitor, api_key_mgmt_admin;
-GRANT EXECUTE ON FUNCTION api_key_mgmt_internal.metric_counters(), api_key_mgmt.health()
+GRANT EXECUTE ON FUNCTION api_key_mgmt.metric_counters(), api_key_mgmt.health()
     TO api_key_mgmt_monitor, pg_monitor, api_key_mgmt_admin;

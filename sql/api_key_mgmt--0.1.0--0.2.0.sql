@@ -582,9 +582,9 @@ BEGIN
 END
 $roles$;
 
--- metric_counters() -> (name, label, label_value, value): internal (src/metrics_pg.rs),
+-- metric_counters() -> (name, label, label_value, value): (src/metrics_pg.rs)
 -- the shared-memory counters and gauges since server start, cluster-wide.
-CREATE FUNCTION api_key_mgmt_internal.metric_counters()
+CREATE FUNCTION api_key_mgmt.metric_counters()
     RETURNS TABLE (name text, label text, label_value text, value bigint)
     VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'metric_counters_wrapper';
 
@@ -599,7 +599,7 @@ SELECT c.name AS metric,
             ELSE pg_catalog.jsonb_build_object(c.label, c.label_value) END AS labels,
        c.value::double precision AS value,
        CASE WHEN c.name LIKE '%\_total' THEN 'counter' ELSE 'gauge' END AS type
-  FROM api_key_mgmt_internal.metric_counters() c
+  FROM api_key_mgmt.metric_counters() c
 UNION ALL
 SELECT 'api_key_mgmt_partitions_ahead_months', '{}'::jsonb, pg_catalog.count(*)::double precision, 'gauge'
   FROM pg_catalog.pg_inherits i
@@ -659,7 +659,7 @@ DECLARE
     v_capacity bigint;
     v_failed bigint;
 BEGIN
-    SELECT c.value INTO v_preloaded FROM api_key_mgmt_internal.metric_counters() c
+    SELECT c.value INTO v_preloaded FROM api_key_mgmt.metric_counters() c
      WHERE c.name = 'api_key_mgmt_preloaded';
     check_name := 'library_preloaded';
     IF v_preloaded = 1 THEN
@@ -671,7 +671,7 @@ BEGIN
     END IF;
     RETURN NEXT;
 
-    SELECT c.value INTO v_worker FROM api_key_mgmt_internal.metric_counters() c
+    SELECT c.value INTO v_worker FROM api_key_mgmt.metric_counters() c
      WHERE c.name = 'api_key_mgmt_maintenance_worker_database_oid';
     check_name := 'maintenance_worker';
     IF v_worker IS NULL OR v_worker = 0 THEN
@@ -726,7 +726,7 @@ BEGIN
            pg_catalog.max(c.value) FILTER (WHERE c.name = 'api_key_mgmt_audit_queue_capacity'),
            pg_catalog.max(c.value) FILTER (WHERE c.name = 'api_key_mgmt_audit_entries_total' AND c.label_value = 'failed')
       INTO v_depth, v_capacity, v_failed
-      FROM api_key_mgmt_internal.metric_counters() c;
+      FROM api_key_mgmt.metric_counters() c;
     IF v_capacity IS NULL THEN
         status := CASE WHEN v_durable THEN 'critical' ELSE 'ok' END;
         detail := 'no audit queue (not preloaded, or api_key_mgmt.audit_queue_size = 0)';
@@ -822,9 +822,9 @@ REVOKE ALL ON FUNCTION api_key_mgmt_internal.check_flat(text, anyarray),
     api_key_mgmt_internal.json_text(text, jsonb) FROM PUBLIC;
 
 -- 7. Monitoring grants (as sql/099_grants.sql of 0.2.0 gives them).
-REVOKE ALL ON FUNCTION api_key_mgmt_internal.metric_counters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION api_key_mgmt.metric_counters() FROM PUBLIC;
 REVOKE ALL ON api_key_mgmt.metrics FROM PUBLIC;
 GRANT USAGE ON SCHEMA api_key_mgmt TO api_key_mgmt_monitor, pg_monitor;
 GRANT SELECT ON api_key_mgmt.metrics TO api_key_mgmt_monitor, pg_monitor, api_key_mgmt_admin;
-GRANT EXECUTE ON FUNCTION api_key_mgmt_internal.metric_counters(), api_key_mgmt.health()
+GRANT EXECUTE ON FUNCTION api_key_mgmt.metric_counters(), api_key_mgmt.health()
     TO api_key_mgmt_monitor, pg_monitor, api_key_mgmt_admin;

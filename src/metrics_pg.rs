@@ -65,7 +65,7 @@ pub fn count_rate_limit(allowed: bool) {
 }
 
 /// `metric_counters() RETURNS TABLE (name text, label text, label_value text, value bigint)`
-/// — internal: the shared-memory counters and gauges, cluster-wide. Without preloading
+/// — the shared-memory counters and gauges, cluster-wide (the metrics view reads them). Without preloading
 /// only `api_key_mgmt_preloaded` (0).
 #[pg_extern(sql = false)]
 fn metric_counters() -> TableIterator<
