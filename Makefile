@@ -103,7 +103,7 @@ demo: install
 	@PG_BIN=$(PG_BIN) tests/cluster.sh start $(DEMO_DIR) $(DEMO_PORT)
 	@PG_BIN=$(PG_BIN) tests/cluster.sh psql $(DEMO_DIR) $(DEMO_PORT) -X -q -v ON_ERROR_STOP=1 -f docs/demo.sql
 	@echo
-	@echo "The demo cluster is still running: 'make psql' opens a shell on it, 'make stop' stops it."
+	@echo "The demo cluster is still running: 'make psql PG=$(PG)' opens a shell on it, 'make stop PG=$(PG)' stops it."
 
 psql:
 	@PG_BIN=$(PG_BIN) tests/cluster.sh psql $(DEMO_DIR) $(DEMO_PORT) -X

@@ -67,9 +67,11 @@ fn scrape(port: u16) -> Option<String> {
         .then(|| body.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
 }
 
-/// api_key_mgmt samples: (name, {label: value} without the exporter's own `server`) →
-/// value.
-fn samples(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// A scraped series: its name and its labels (sorted, without the exporter's `server`).
+type Series = (String, Vec<(String, String)>);
+
+/// api_key_mgmt samples: series → value.
+fn samples(text: &str) -> HashMap<Series, f64> {
     let mut out = HashMap::new();
     for line in text.lines().filter(|l| l.starts_with("api_key_mgmt")) {
         let (series, value) = line.rsplit_once(' ').expect("sample line");
@@ -92,11 +94,7 @@ fn samples(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
     out
 }
 
-fn get(
-    s: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    label: Option<(&str, &str)>,
-) -> f64 {
+fn get(s: &HashMap<Series, f64>, name: &str, label: Option<(&str, &str)>) -> f64 {
     let labels = label
         .map(|(k, v)| vec![(k.to_owned(), v.to_owned())])
         .unwrap_or_default();
