@@ -418,11 +418,10 @@ fn postgrest_rate_limited() {
         )
         .unwrap()
         .get(0);
-    if limiter.is_none() {
-        // Metering (issue 4) is not installed: nothing to rate-limit with.
-        eprintln!("postgrest_rate_limited: api_key_mgmt.set_rate_limit does not exist, skipped");
-        return;
-    }
+    assert!(
+        limiter.is_some(),
+        "api_key_mgmt.set_rate_limit(uuid,text,integer,interval,integer) is missing"
+    );
     postgrest_setup(&mut su, "rl_authenticator", "rl_anon", "rl_user");
     let a = create_tenant(&mut su, "rate A");
     su.execute(
