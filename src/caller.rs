@@ -54,9 +54,17 @@ pub fn invoker() -> pg_sys::Oid {
     });
     match framed {
         Some(caller) => caller,
-        None if !entry_points_installed() => legacy_invoker(current),
+        // Only inside a SECURITY DEFINER function can 0.1.0's answer differ from the
+        // current user: the catalog is probed there only, not on every secret read.
+        None if in_definer() && !entry_points_installed() => legacy_invoker(),
         None => current,
     }
+}
+
+/// Whether a SECURITY DEFINER function has switched the current user.
+fn in_definer() -> bool {
+    // SAFETY: reads backend-local state only.
+    unsafe { pg_sys::InLocalUserIdChange() }
 }
 
 /// Whether this database holds the SQL of a version with entry points (0.2.0 on):
@@ -73,12 +81,9 @@ fn entry_points_installed() -> bool {
 /// make every caller a superuser; this answers what 0.1.0 did (`SET ROLE`'s role,
 /// else the session user), no better and no worse, until the update installs the
 /// entry points (UPDATING.md says to run it at once).
-fn legacy_invoker(current: pg_sys::Oid) -> pg_sys::Oid {
+fn legacy_invoker() -> pg_sys::Oid {
     // SAFETY: these read backend-local state only.
     unsafe {
-        if !pg_sys::InLocalUserIdChange() {
-            return current;
-        }
         let role = pg_sys::GetCurrentRoleId();
         if role != pg_sys::InvalidOid {
             role
