@@ -172,6 +172,18 @@ pub fn set_database_key_file(c: &mut Client, db: &str, path: &Path) {
     .unwrap_or_else(|e| panic!("ALTER DATABASE {db} SET api_key_mgmt.master_key_file: {e:?}"));
 }
 
+/// A key file of its own (one random version 1) for database `db` of `cluster`, for
+/// clusters a test starts itself ([`KeyFile`] is for the shared primary).
+pub fn private_key_file(cluster: &Cluster, c: &mut Client, db: &str, name: &str) {
+    let path = key_dir(cluster).join(name);
+    write_private(
+        cluster,
+        &path,
+        &format!("1 {}\n", MasterKey::random(1).hex()),
+    );
+    set_database_key_file(c, db, &path);
+}
+
 /// `SET api_key_mgmt.master_key_file` for this session (superuser only).
 pub fn set_session_key_file(c: &mut Client, path: &Path) {
     c.batch_execute(&format!(

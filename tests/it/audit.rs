@@ -37,15 +37,9 @@ fn secret_behind_the_queue(
     key_file: &str,
     tenant: &str,
 ) -> (Client, String, String) {
-    let path = key_dir(cluster).join(key_file);
-    write_private(
-        cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
     let mut su = cluster.connect("postgres");
     su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
-    set_database_key_file(&mut su, "postgres", &path);
+    private_key_file(cluster, &mut su, "postgres", key_file);
     let mut su = cluster.connect("postgres");
     let tenant = create_tenant(&mut su, tenant);
     let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);

@@ -83,13 +83,7 @@ fn a_tenant_users_definer_function_never_acts_as_its_privileged_caller() {
          GRANT USAGE ON SCHEMA usrschema TO padmin;",
     )
     .unwrap();
-    let path = key_dir(&cluster).join("it_caller");
-    write_private(
-        &cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
-    set_database_key_file(&mut su, "postgres", &path);
+    private_key_file(&cluster, &mut su, "postgres", "it_caller");
     let mut su = cluster.connect("postgres");
     let victim = create_tenant(&mut su, "victim");
 

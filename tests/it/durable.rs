@@ -32,7 +32,7 @@ fn cluster(name: &str, mode: &str) -> Cluster {
 fn setup(cluster: &Cluster, tenant: &str) -> (Client, String, String) {
     let mut su = cluster.connect("postgres");
     su.batch_execute("CREATE EXTENSION api_key_mgmt").unwrap();
-    key_file(cluster, &mut su, "postgres", "it_durable");
+    private_key_file(cluster, &mut su, "postgres", "it_durable");
     let mut su = cluster.connect("postgres");
     let tenant = create_tenant(&mut su, tenant);
     let secret_id = put_secret(&mut su, Some(&tenant), "openai", &openai_secret(), None);
@@ -40,17 +40,6 @@ fn setup(cluster: &Cluster, tenant: &str) -> (Client, String, String) {
         queue_row(&mut su).0 == "queue"
     });
     (su, tenant, secret_id)
-}
-
-/// A master key file of its own for database `db`.
-fn key_file(cluster: &Cluster, c: &mut Client, db: &str, name: &str) {
-    let path = key_dir(cluster).join(name);
-    write_private(
-        cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
-    set_database_key_file(c, db, &path);
 }
 
 /// (mode, written, failed) of audit_queue_status().
@@ -176,7 +165,7 @@ fn durable_reads_fail_closed() {
     other
         .batch_execute("CREATE EXTENSION api_key_mgmt")
         .unwrap();
-    key_file(&cluster, &mut other, "other", "it_durable_other");
+    private_key_file(&cluster, &mut other, "other", "it_durable_other");
     let mut other = cluster.connect("other");
     let t = create_tenant(&mut other, "elsewhere");
     put_secret(&mut other, Some(&t), "openai", &openai_secret(), None);

@@ -112,13 +112,7 @@ fn postgres_exporter_scrapes_the_metrics() {
          CREATE ROLE exporter LOGIN IN ROLE api_key_mgmt_monitor;",
     )
     .unwrap();
-    let path = key_dir(&cluster).join("it_monitoring");
-    write_private(
-        &cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
-    set_database_key_file(&mut su, "postgres", &path);
+    private_key_file(&cluster, &mut su, "postgres", "it_monitoring");
     let mut c = cluster.connect("postgres");
     let tenant = create_tenant(&mut c, "monitored");
     let good = issue(&mut c, &tenant, "good");

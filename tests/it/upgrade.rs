@@ -217,18 +217,12 @@ fn updating_from_0_1_0_keeps_every_answer_and_matches_a_fresh_install() {
     let mut su = cluster.connect("postgres");
     su.batch_execute("CREATE DATABASE upgraded").unwrap();
     su.batch_execute("CREATE DATABASE fresh").unwrap();
-    let path = key_dir(&cluster).join("it_upgrade");
-    write_private(
-        &cluster,
-        &path,
-        &format!("1 {}\n", MasterKey::random(1).hex()),
-    );
 
     let mut setup = cluster.connect("upgraded");
     setup
         .batch_execute(&format!("CREATE EXTENSION api_key_mgmt VERSION '{FROM}'"))
         .unwrap();
-    set_database_key_file(&mut setup, "upgraded", &path);
+    private_key_file(&cluster, &mut setup, "upgraded", "it_upgrade");
     drop(setup);
     let mut c = cluster.connect("upgraded");
     let before = fill(&mut c);
